@@ -1,0 +1,42 @@
+//! The shared state handed to every task: config, the topology snapshot, the client
+//! registry, metrics handles. Passed in, never global, so tests can run several.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::Topology;
+use crate::config::Config;
+use crate::frontend::auth::Secrets;
+use crate::frontend::clients::ClientRegistry;
+use crate::router::ShardMap;
+use crate::stats::Stats;
+
+pub struct App {
+    pub config: Config,
+    /// The running shard map and its pools; requests load it once per transaction.
+    pub topology: ArcSwap<Topology>,
+    pub clients: ClientRegistry,
+    pub secrets: Secrets,
+    pub stats: Stats,
+    pub shutdown: CancellationToken,
+    pub started: Instant,
+}
+
+impl App {
+    pub fn new(config: Config, map: ShardMap, stats: Stats) -> Arc<App> {
+        let topology = Topology::new(map, None, config.pool_size, config.checkout_timeout);
+        let secrets = Secrets::new(&config.users);
+        Arc::new(App {
+            config,
+            topology: ArcSwap::from_pointee(topology),
+            clients: ClientRegistry::default(),
+            secrets,
+            stats,
+            shutdown: CancellationToken::new(),
+            started: Instant::now(),
+        })
+    }
+}

@@ -1,0 +1,210 @@
+//! A bounded pool of server connections per backend server, with an RAII checkout
+//! [`Guard`] that returns a healthy, idle connection on drop and discards any other.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::dsn::Dsn;
+use super::server::{ServerConn, ServerError};
+use crate::limits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("timed out after {0:?} waiting for a server connection")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+/// Counters shown by `SHOW POOLS`, `SHOW STATS` and the HTTP API.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub checkouts: AtomicU64,
+    pub waits: AtomicU64,
+    pub wait_us_total: AtomicU64,
+    pub connects: AtomicU64,
+    pub connect_errors: AtomicU64,
+    pub discarded: AtomicU64,
+    pub transactions: AtomicU64,
+    pub queries: AtomicU64,
+}
+
+pub struct Pool {
+    pub backend: String,
+    /// "primary" or "replica".
+    pub role: &'static str,
+    pub dsn: Dsn,
+    pub size: usize,
+    checkout_timeout: Duration,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<ServerConn>>,
+    /// ParameterStatus values of the first server connection, sent to clients at login.
+    startup_params: OnceLock<Vec<(String, String)>>,
+    pub stats: PoolStats,
+}
+
+impl Pool {
+    pub fn new(
+        backend: &str,
+        role: &'static str,
+        dsn: Dsn,
+        size: usize,
+        checkout_timeout: Duration,
+    ) -> Pool {
+        Pool {
+            backend: backend.to_owned(),
+            role,
+            dsn,
+            size,
+            checkout_timeout,
+            permits: Arc::new(Semaphore::new(size)),
+            idle: Mutex::new(Vec::with_capacity(size)),
+            startup_params: OnceLock::new(),
+            stats: PoolStats::default(),
+        }
+    }
+
+    /// Connections checked out right now.
+    pub fn active(&self) -> usize {
+        self.size - self.permits.available_permits()
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// Server parameters to report to clients, learned from a first connection.
+    pub async fn startup_params(self: &Arc<Self>) -> Result<Vec<(String, String)>, PoolError> {
+        if let Some(params) = self.startup_params.get() {
+            return Ok(params.clone());
+        }
+        let guard = self.checkout().await?;
+        drop(guard);
+        Ok(self.startup_params.get().cloned().unwrap_or_default())
+    }
+
+    /// Takes a connection, waiting at most the checkout timeout for a free slot.
+    /// Cancel safe: a dropped future holds no permit and no connection.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Guard, PoolError> {
+        self.stats.checkouts.fetch_add(1, Relaxed);
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => self.wait_for_permit().await?,
+        };
+        while let Some(conn) = self.pop_idle() {
+            if still_healthy(&conn) {
+                return Ok(Guard {
+                    conn: Some(conn),
+                    pool: self.clone(),
+                    _permit: permit,
+                });
+            }
+            self.stats.discarded.fetch_add(1, Relaxed);
+        }
+        let conn = self.connect().await?;
+        Ok(Guard {
+            conn: Some(conn),
+            pool: self.clone(),
+            _permit: permit,
+        })
+    }
+
+    async fn wait_for_permit(self: &Arc<Self>) -> Result<OwnedSemaphorePermit, PoolError> {
+        self.stats.waits.fetch_add(1, Relaxed);
+        let started = Instant::now();
+        let acquire = self.permits.clone().acquire_owned();
+        let permit = tokio::time::timeout(self.checkout_timeout, acquire)
+            .await
+            .map_err(|_| PoolError::Timeout(self.checkout_timeout))?
+            .map_err(|_| PoolError::Timeout(self.checkout_timeout))?;
+        let waited = started.elapsed();
+        self.stats
+            .wait_us_total
+            .fetch_add(waited.as_micros() as u64, Relaxed);
+        metrics::histogram!("pgshard_pool_wait_seconds", "backend" => self.backend.clone())
+            .record(waited.as_secs_f64());
+        Ok(permit)
+    }
+
+    async fn connect(&self) -> Result<ServerConn, PoolError> {
+        self.stats.connects.fetch_add(1, Relaxed);
+        match ServerConn::connect(&self.dsn).await {
+            Ok(conn) => {
+                let _ = self.startup_params.set(conn.params.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                self.stats.connect_errors.fetch_add(1, Relaxed);
+                metrics::counter!("pgshard_backend_errors_total", "backend" => self.backend.clone(), "kind" => "connect")
+                    .increment(1);
+                tracing::warn!(backend = %self.backend, error = %e, "server connection failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    fn pop_idle(&self) -> Option<ServerConn> {
+        self.idle.lock().ok()?.pop()
+    }
+
+    fn give_back(&self, conn: ServerConn) {
+        let reusable =
+            conn.idle && !conn.broken && conn.prepared.len() <= limits::SERVER_PREPARED_MAX;
+        if !reusable {
+            self.stats.discarded.fetch_add(1, Relaxed);
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
+        }
+    }
+}
+
+/// An idle server should have nothing to say; bytes or EOF mean it was terminated
+/// (PostgreSQL sends a FATAL before closing) and must not be handed out.
+fn still_healthy(conn: &ServerConn) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(conn.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// A checked-out server connection; returns to the pool on drop.
+pub struct Guard {
+    conn: Option<ServerConn>,
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Guard {
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+}
+
+impl std::ops::Deref for Guard {
+    type Target = ServerConn;
+    fn deref(&self) -> &ServerConn {
+        // Invariant: `conn` is Some until drop.
+        self.conn
+            .as_ref()
+            .expect("guard holds a connection until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Guard {
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        self.conn
+            .as_mut()
+            .expect("guard holds a connection until dropped")
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.give_back(conn);
+        }
+    }
+}

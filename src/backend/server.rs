@@ -1,0 +1,262 @@
+//! One connection to a PostgreSQL server: connect, authenticate (SCRAM-SHA-256, md5,
+//! trust, cleartext) and the per-connection state the pool and sessions keep.
+
+use std::collections::HashSet;
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::dsn::Dsn;
+use crate::limits;
+use crate::protocol::messages::{self, ErrorFields};
+use crate::protocol::next_frame;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to {0} timed out")]
+    Timeout(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("server closed the connection")]
+    Closed,
+    #[error("protocol error from server: {0}")]
+    Protocol(String),
+    #[error("authentication with the server failed: {0}")]
+    Auth(String),
+    #[error("server error {}: {}", .0.code, .0.message)]
+    Server(ErrorFields),
+}
+
+/// The cancel key of a server connection and where it lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelKey {
+    pub addr: String,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+pub struct ServerConn {
+    pub stream: TcpStream,
+    pub rbuf: BytesMut,
+    /// ParameterStatus values the server sent at startup.
+    pub params: Vec<(String, String)>,
+    pub cancel: CancelKey,
+    /// Global names of the statements prepared on this connection.
+    pub prepared: HashSet<u64>,
+    /// Fingerprint of the session parameters applied on top of the defaults (0: none).
+    pub params_fingerprint: u64,
+    /// Set when the connection must not go back to the pool.
+    pub broken: bool,
+    /// True when the server is idle outside a transaction with nothing outstanding.
+    pub idle: bool,
+}
+
+impl ServerConn {
+    pub async fn connect(dsn: &Dsn) -> Result<ServerConn, ServerError> {
+        let addr = dsn.addr();
+        let connect = async {
+            let stream =
+                TcpStream::connect(&addr)
+                    .await
+                    .map_err(|source| ServerError::Connect {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+            stream.set_nodelay(true)?;
+            handshake(stream, dsn).await
+        };
+        tokio::time::timeout(limits::SERVER_CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| ServerError::Timeout(addr.clone()))?
+    }
+
+    /// Reads one whole message into `rbuf` (cancel safe: progress stays in `rbuf`).
+    pub async fn read_frame(&mut self) -> Result<crate::protocol::FrameInfo, ServerError> {
+        read_frame(&mut self.stream, &mut self.rbuf).await
+    }
+
+    /// Runs an internal simple query and discards its replies; fails on an error.
+    pub async fn execute(&mut self, sql: &str) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        messages::query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        let mut failure = None;
+        loop {
+            let info = self.read_frame().await?;
+            let frame = self.rbuf.split_to(info.len);
+            match info.tag {
+                b'E' => failure = messages::parse_error_fields(&frame[info.payload()]),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        match failure {
+            Some(fields) => Err(ServerError::Server(fields)),
+            None => Ok(()),
+        }
+    }
+}
+
+async fn read_frame(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<crate::protocol::FrameInfo, ServerError> {
+    loop {
+        match next_frame(buf) {
+            Ok(Some(info)) => return Ok(info),
+            Ok(None) => {}
+            Err(e) => return Err(ServerError::Protocol(e.to_string())),
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(ServerError::Closed);
+        }
+    }
+}
+
+async fn handshake(mut stream: TcpStream, dsn: &Dsn) -> Result<ServerConn, ServerError> {
+    let mut out = BytesMut::new();
+    let params = [
+        ("user", dsn.user.as_str()),
+        ("database", dsn.database.as_str()),
+    ];
+    frontend::startup_message(params.iter().copied(), &mut out)?;
+    stream.write_all(&out).await?;
+    let mut rbuf = BytesMut::with_capacity(limits::BUFFER_BYTES_INITIAL);
+    let mut scram: Option<sasl::ScramSha256> = None;
+    let mut server_params = Vec::new();
+    let mut key = (0, 0);
+    loop {
+        let info = read_frame(&mut stream, &mut rbuf).await?;
+        let frame = rbuf.split_to(info.len);
+        let payload = &frame[info.payload()];
+        match info.tag {
+            b'R' => {
+                out.clear();
+                authenticate(payload, dsn, &mut scram, &mut out)?;
+                stream.write_all(&out).await?;
+            }
+            b'S' => {
+                let mut parts = payload.split(|&b| b == 0);
+                let name = parts.next().unwrap_or_default();
+                let value = parts.next().unwrap_or_default();
+                server_params.push((
+                    String::from_utf8_lossy(name).into_owned(),
+                    String::from_utf8_lossy(value).into_owned(),
+                ));
+            }
+            b'K' if payload.len() == 8 => {
+                key.0 = i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                key.1 = i32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+            }
+            b'E' => {
+                let fields = messages::parse_error_fields(payload).unwrap_or_default();
+                return Err(ServerError::Server(fields));
+            }
+            b'Z' => break,
+            b'N' => {}
+            tag => {
+                return Err(ServerError::Protocol(format!(
+                    "unexpected message '{}' at startup",
+                    tag as char
+                )))
+            }
+        }
+    }
+    Ok(ServerConn {
+        stream,
+        rbuf,
+        params: server_params,
+        cancel: CancelKey {
+            addr: dsn.addr(),
+            pid: key.0,
+            secret: key.1,
+        },
+        prepared: HashSet::new(),
+        params_fingerprint: 0,
+        broken: false,
+        idle: true,
+    })
+}
+
+/// Answers one authentication request; writes the reply (if any) to `out`.
+fn authenticate(
+    payload: &[u8],
+    dsn: &Dsn,
+    scram: &mut Option<sasl::ScramSha256>,
+    out: &mut BytesMut,
+) -> Result<(), ServerError> {
+    let (code, data) = messages::auth_code(payload)
+        .ok_or_else(|| ServerError::Protocol("short authentication request".into()))?;
+    let password = dsn.password.as_bytes();
+    match code {
+        0 => {}
+        3 => frontend::password_message(password, out)?,
+        5 => {
+            let salt: [u8; 4] = data
+                .try_into()
+                .map_err(|_| ServerError::Protocol("md5 salt is not 4 bytes".into()))?;
+            let hash = md5_hash(dsn.user.as_bytes(), password, salt);
+            frontend::password_message(hash.as_bytes(), out)?;
+        }
+        10 => {
+            let offers_scram = data
+                .split(|&b| b == 0)
+                .any(|m| m == sasl::SCRAM_SHA_256.as_bytes());
+            if !offers_scram {
+                return Err(ServerError::Auth("server offers no SCRAM-SHA-256".into()));
+            }
+            let client = sasl::ScramSha256::new(password, sasl::ChannelBinding::unsupported());
+            frontend::sasl_initial_response(sasl::SCRAM_SHA_256, client.message(), out)?;
+            *scram = Some(client);
+        }
+        11 => {
+            let client = scram
+                .as_mut()
+                .ok_or_else(|| ServerError::Protocol("SASL continue out of order".into()))?;
+            client
+                .update(data)
+                .map_err(|e| ServerError::Auth(e.to_string()))?;
+            frontend::sasl_response(client.message(), out)?;
+        }
+        12 => {
+            let mut client = scram
+                .take()
+                .ok_or_else(|| ServerError::Protocol("SASL final out of order".into()))?;
+            client
+                .finish(data)
+                .map_err(|e| ServerError::Auth(e.to_string()))?;
+        }
+        other => {
+            return Err(ServerError::Auth(format!(
+                "unsupported authentication method {other}"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// Sends a CancelRequest for `key` on a fresh connection, as PostgreSQL expects.
+pub async fn cancel(key: &CancelKey) -> Result<(), ServerError> {
+    let mut stream =
+        TcpStream::connect(&key.addr)
+            .await
+            .map_err(|source| ServerError::Connect {
+                addr: key.addr.clone(),
+                source,
+            })?;
+    let mut out = BytesMut::new();
+    frontend::cancel_request(key.pid, key.secret, &mut out);
+    stream.write_all(&out).await?;
+    // PostgreSQL closes the connection once it has read the request.
+    let mut sink = [0u8; 1];
+    let _ = tokio::time::timeout(limits::SERVER_CONNECT_TIMEOUT, stream.read(&mut sink)).await;
+    Ok(())
+}

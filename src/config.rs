@@ -1,0 +1,263 @@
+//! `pgshard.toml` -> a validated [`Config`]. Errors name the field at fault.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::limits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    #[default]
+    Transaction,
+    Session,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum AuthMethod {
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    /// Plain text, or PostgreSQL's stored forms ("SCRAM-SHA-256$..." or "md5...").
+    #[serde(default)]
+    pub password: String,
+    #[serde(default)]
+    pub auth: AuthMethod,
+    /// May use the admin console (database `pgshard`).
+    #[serde(default)]
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: String,
+    http_listen: Option<String>,
+    shard_map: PathBuf,
+    #[serde(default = "default_database")]
+    database: String,
+    #[serde(default)]
+    pool_mode: PoolMode,
+    #[serde(default = "default_pool_size")]
+    pool_size: usize,
+    #[serde(default = "default_checkout_timeout_ms")]
+    checkout_timeout_ms: u64,
+    #[serde(default)]
+    users: Vec<User>,
+}
+
+fn default_database() -> String {
+    "postgres".into()
+}
+fn default_pool_size() -> usize {
+    limits::POOL_SIZE_DEFAULT
+}
+fn default_checkout_timeout_ms() -> u64 {
+    limits::POOL_CHECKOUT_TIMEOUT.as_millis() as u64
+}
+
+/// The name of the admin console's database.
+pub const ADMIN_DATABASE: &str = "pgshard";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub http_listen: Option<SocketAddr>,
+    /// Absolute, or relative to the config file's folder.
+    pub shard_map: PathBuf,
+    /// The database name clients connect to.
+    pub database: String,
+    pub pool_mode: PoolMode,
+    pub pool_size: usize,
+    pub checkout_timeout: Duration,
+    pub users: Vec<User>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field: field.to_owned(),
+            message,
+        };
+        let listen = parse_addr(&raw.listen).map_err(|m| invalid("listen", m))?;
+        let http_listen = match &raw.http_listen {
+            Some(s) => Some(parse_addr(s).map_err(|m| invalid("http_listen", m))?),
+            None => None,
+        };
+        if raw.pool_size == 0 || raw.pool_size > limits::POOL_SIZE_MAX {
+            let max = limits::POOL_SIZE_MAX;
+            return Err(invalid(
+                "pool_size",
+                format!("must be 1..={max}, got {}", raw.pool_size),
+            ));
+        }
+        if raw.checkout_timeout_ms == 0 {
+            return Err(invalid("checkout_timeout_ms", "must be above 0".into()));
+        }
+        if raw.database.is_empty() || raw.database == ADMIN_DATABASE {
+            let msg = format!("must be a name other than \"{ADMIN_DATABASE}\" (the admin console)");
+            return Err(invalid("database", msg));
+        }
+        validate_users(&raw.users).map_err(|(field, m)| invalid(&field, m))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Ok(Config {
+            listen,
+            http_listen,
+            shard_map: base.join(&raw.shard_map),
+            database: raw.database,
+            pool_mode: raw.pool_mode,
+            pool_size: raw.pool_size,
+            checkout_timeout: Duration::from_millis(raw.checkout_timeout_ms),
+            users: raw.users,
+        })
+    }
+
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("\"{s}\" is not an address like 127.0.0.1:6432"))
+}
+
+fn validate_users(users: &[User]) -> Result<(), (String, String)> {
+    if users.is_empty() {
+        return Err((
+            "users".into(),
+            "at least one [[users]] entry is required".into(),
+        ));
+    }
+    for (i, user) in users.iter().enumerate() {
+        let field = |f: &str| format!("users[{i}].{f}");
+        if user.name.is_empty() {
+            return Err((field("name"), "must not be empty".into()));
+        }
+        if users[..i].iter().any(|u| u.name == user.name) {
+            return Err((field("name"), format!("\"{}\" is listed twice", user.name)));
+        }
+        if user.auth != AuthMethod::Trust && user.password.is_empty() {
+            return Err((field("password"), "required unless auth = \"trust\"".into()));
+        }
+        let stored_scram = user.password.starts_with("SCRAM-SHA-256$");
+        if stored_scram {
+            if let Err(e) = crate::frontend::auth::scram::ScramSecret::parse(&user.password) {
+                return Err((field("password"), format!("invalid SCRAM secret: {e}")));
+            }
+        }
+        if user.auth == AuthMethod::Md5 && stored_scram {
+            let msg = "a SCRAM secret cannot verify md5 logins; give the password or its md5 hash";
+            return Err((field("password"), msg.into()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "listen = \"127.0.0.1:6432\"\nshard_map = \"map.toml\"\n";
+
+    fn check(extra: &str, expect: Result<(), &str>) {
+        let text = format!("{BASE}{extra}");
+        let got = Config::parse(&text, Path::new("/etc/pgshard.toml"));
+        match (got, expect) {
+            (Ok(_), Ok(())) => {}
+            (Err(e), Err(want)) => {
+                let e = e.to_string();
+                assert!(e.contains(want), "error {e:?} should contain {want:?}");
+            }
+            (got, want) => panic!("{extra}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let user = "[[users]]\nname = \"app\"\npassword = \"pw\"\n";
+        check(user, Ok(()));
+        check("", Err("users: at least one"));
+        check(
+            &format!("pool_size = 0\n{user}"),
+            Err("pool_size: must be 1..=1000"),
+        );
+        check(
+            &format!("database = \"pgshard\"\n{user}"),
+            Err("database: must be"),
+        );
+        check(
+            &format!("{user}auth = \"kerberos\"\n"),
+            Err("unknown variant `kerberos`"),
+        );
+        check(
+            &format!("{user}colour = 1\n"),
+            Err("unknown field `colour`"),
+        );
+        check(
+            "[[users]]\nname = \"app\"\n",
+            Err("users[0].password: required"),
+        );
+        check(
+            &format!("{user}{user}"),
+            Err("users[1].name: \"app\" is listed twice"),
+        );
+        check("[[users]]\nname = \"t\"\nauth = \"trust\"\n", Ok(()));
+        check(
+            &format!("http_listen = \"nope\"\n{user}"),
+            Err("http_listen: \"nope\""),
+        );
+    }
+
+    #[test]
+    fn shard_map_path_is_relative_to_the_config() {
+        let text = format!("{BASE}[[users]]\nname = \"a\"\npassword = \"b\"\n");
+        let config = Config::parse(&text, Path::new("/etc/pgshard/pgshard.toml")).unwrap();
+        assert_eq!(config.shard_map, Path::new("/etc/pgshard/map.toml"));
+        assert_eq!(config.pool_mode, PoolMode::Transaction);
+        assert_eq!(config.database, "postgres");
+    }
+}

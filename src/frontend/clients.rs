@@ -1,0 +1,131 @@
+//! The registry of connected clients: their cancel keys, what they are attached to
+//! (for CancelRequest), and what `SHOW CLIENTS` lists.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::backend::server::{self, CancelKey};
+
+pub struct ClientInfo {
+    pub pid: i32,
+    secret: i32,
+    pub user: String,
+    pub database: String,
+    pub addr: SocketAddr,
+    pub application_name: String,
+    pub connected_at: SystemTime,
+    /// The backend and server connection this client is attached to right now.
+    pub attached: Mutex<Option<(String, CancelKey)>>,
+}
+
+#[derive(Default)]
+pub struct ClientRegistry {
+    next_pid: AtomicI32,
+    clients: Mutex<HashMap<i32, Arc<ClientInfo>>>,
+}
+
+/// Removes the client from the registry when dropped.
+pub struct Registration<'a> {
+    registry: &'a ClientRegistry,
+    pub info: Arc<ClientInfo>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut clients) = self.registry.clients.lock() {
+            clients.remove(&self.info.pid);
+        }
+    }
+}
+
+impl ClientRegistry {
+    pub fn register(
+        &self,
+        user: &str,
+        database: &str,
+        addr: SocketAddr,
+        app: &str,
+    ) -> Registration<'_> {
+        // Wraps after 2^31 clients; pids only need to be unique among live clients.
+        let pid = (self.next_pid.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff) + 1;
+        let info = Arc::new(ClientInfo {
+            pid,
+            secret: rand::random(),
+            user: user.to_owned(),
+            database: database.to_owned(),
+            addr,
+            application_name: app.to_owned(),
+            connected_at: SystemTime::now(),
+            attached: Mutex::new(None),
+        });
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.insert(pid, info.clone());
+        }
+        Registration {
+            registry: self,
+            info,
+        }
+    }
+
+    pub fn list(&self) -> Vec<Arc<ClientInfo>> {
+        let mut out: Vec<_> = self
+            .clients
+            .lock()
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default();
+        out.sort_by_key(|c| c.pid);
+        out
+    }
+
+    /// Handles a CancelRequest: forwards it to the server the client is attached to.
+    /// A wrong secret is ignored silently, as PostgreSQL does.
+    pub async fn cancel(&self, pid: i32, secret: i32) {
+        let key = {
+            let Ok(clients) = self.clients.lock() else {
+                return;
+            };
+            let Some(info) = clients.get(&pid).filter(|c| c.secret == secret) else {
+                tracing::debug!(
+                    pid,
+                    "cancel request for an unknown client or with a wrong key"
+                );
+                return;
+            };
+            let attached = info.attached.lock().ok().and_then(|a| a.clone());
+            attached
+        };
+        if let Some((backend, key)) = key {
+            if let Err(e) = server::cancel(&key).await {
+                tracing::warn!(%backend, error = %e, "forwarding a cancel request failed");
+            }
+        }
+    }
+}
+
+impl ClientInfo {
+    pub fn secret(&self) -> i32 {
+        self.secret
+    }
+
+    pub fn attach(&self, backend: &str, key: &CancelKey) {
+        if let Ok(mut a) = self.attached.lock() {
+            *a = Some((backend.to_owned(), key.clone()));
+        }
+    }
+
+    pub fn detach(&self) {
+        if let Ok(mut a) = self.attached.lock() {
+            *a = None;
+        }
+    }
+
+    pub fn backend(&self) -> Option<String> {
+        self.attached
+            .lock()
+            .ok()
+            .and_then(|a| a.as_ref().map(|(b, _)| b.clone()))
+    }
+}

@@ -1,0 +1,132 @@
+//! Prepared statements under transaction pooling. A client's named statement gets a
+//! global name derived from its text and parameter types; the proxy prepares that
+//! global name on whichever server connection runs it, at most once per connection.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::protocol::messages::{self, put_cstr};
+
+/// A client's prepared statement.
+#[derive(Debug)]
+pub struct Statement {
+    /// Identity of the statement across clients and server connections.
+    pub id: u64,
+    /// `pgshard_<id>`, NUL-terminated.
+    pub global_name: Vec<u8>,
+    /// The Parse message, rewritten to the global name, ready to send.
+    pub parse: Bytes,
+    pub query: Bytes,
+}
+
+impl Statement {
+    /// From a Parse payload's query and parameter-type section.
+    pub fn new(query: &[u8], types: &[u8]) -> Statement {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        query.hash(&mut h);
+        types.hash(&mut h);
+        let id = h.finish();
+        let global_name = format!("pgshard_{id:016x}\0").into_bytes();
+        let mut parse = BytesMut::with_capacity(query.len() + types.len() + 32);
+        let at = messages::begin(&mut parse, b'P');
+        parse.put_slice(&global_name);
+        put_cstr(&mut parse, query);
+        parse.put_slice(types);
+        messages::finish(&mut parse, at);
+        Statement {
+            id,
+            global_name,
+            parse: parse.freeze(),
+            query: Bytes::copy_from_slice(query),
+        }
+    }
+}
+
+/// The named statements of one client.
+#[derive(Debug, Default)]
+pub struct Statements {
+    by_name: HashMap<Vec<u8>, Arc<Statement>>,
+}
+
+impl Statements {
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
+        self.by_name.get(name)
+    }
+
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    pub fn insert(&mut self, name: &[u8], statement: Arc<Statement>) {
+        self.by_name.insert(name.to_vec(), statement);
+    }
+
+    pub fn remove(&mut self, name: &[u8]) {
+        self.by_name.remove(name);
+    }
+
+    /// Drops every name bound to statement `id` (its Parse failed on the server).
+    pub fn forget(&mut self, id: u64) {
+        self.by_name.retain(|_, s| s.id != id);
+    }
+}
+
+/// Rewrites a Bind whose statement name ends at `rest_at` to use `global_name`.
+pub fn rewrite_bind(out: &mut BytesMut, portal: &[u8], global_name: &[u8], rest: &[u8]) {
+    let at = messages::begin(out, b'B');
+    put_cstr(out, portal);
+    out.put_slice(global_name);
+    out.put_slice(rest);
+    messages::finish(out, at);
+}
+
+/// Rewrites a Describe of a statement to use `global_name`.
+pub fn rewrite_describe(out: &mut BytesMut, global_name: &[u8]) {
+    let at = messages::begin(out, b'D');
+    out.put_u8(b'S');
+    out.put_slice(global_name);
+    messages::finish(out, at);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{messages::parse_message, next_frame};
+
+    #[test]
+    fn same_text_same_global_name() {
+        let a = Statement::new(b"select $1", b"\0\x01\0\0\0\x17");
+        let b = Statement::new(b"select $1", b"\0\x01\0\0\0\x17");
+        let c = Statement::new(b"select $1", b"\0\0");
+        assert_eq!(a.global_name, b.global_name);
+        assert_ne!(a.global_name, c.global_name);
+        let info = next_frame(&a.parse).unwrap().unwrap();
+        assert_eq!(info.len, a.parse.len());
+        let (name, query, types) = parse_message(&a.parse[info.payload()]).unwrap();
+        assert_eq!(&a.global_name[..a.global_name.len() - 1], name);
+        assert_eq!(query, b"select $1");
+        assert_eq!(types, b"\0\x01\0\0\0\x17");
+    }
+
+    #[test]
+    fn bind_rewrite_keeps_parameters() {
+        let mut out = BytesMut::new();
+        rewrite_bind(&mut out, b"", b"pgshard_1\0", b"\0\0\0\x01\0\0\0\x01x\0\0");
+        let info = next_frame(&out).unwrap().unwrap();
+        assert_eq!(info.len, out.len());
+        let (portal, stmt, rest_at) = messages::bind_names(&out[info.payload()]).unwrap();
+        assert_eq!((portal, stmt), (&b""[..], &b"pgshard_1"[..]));
+        assert_eq!(&out[5 + rest_at..], b"\0\0\0\x01\0\0\0\x01x\0\0");
+    }
+}

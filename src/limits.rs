@@ -1,0 +1,35 @@
+//! Every bound pgshard enforces, in one place (TIGER_STYLE: put a limit on everything).
+//! Config fields that override one of these name the constant as their default.
+
+use std::time::Duration;
+
+/// Largest protocol message accepted from a client or a server (PostgreSQL's own
+/// limit for most messages is 1 GiB; pgshard refuses anything above this).
+pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest startup packet (PostgreSQL uses 10,000 bytes: MAX_STARTUP_PACKET_LENGTH).
+pub const STARTUP_BYTES_MAX: usize = 10_000;
+/// How long a new client may take to finish startup and authentication.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Client connections served at once; further accepts wait for a permit.
+pub const CLIENTS_MAX: usize = 5_000;
+/// Default server connections per backend server.
+pub const POOL_SIZE_DEFAULT: usize = 20;
+/// Largest pool size a config may ask for.
+pub const POOL_SIZE_MAX: usize = 1_000;
+/// How long a client waits for a server connection before it gets an error.
+pub const POOL_CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting and authenticating to a backend server may take.
+pub const SERVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a ROLLBACK on a server left mid-transaction by a client may take before
+/// the server connection is discarded instead.
+pub const SERVER_CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Prepared statements one client may hold.
+pub const CLIENT_PREPARED_MAX: usize = 10_000;
+/// Prepared statements kept on one server connection (least recently used closed).
+pub const SERVER_PREPARED_MAX: usize = 1_000;
+/// Session parameters one client may SET.
+pub const CLIENT_PARAMS_MAX: usize = 256;
+/// Initial capacity of per-connection read and write buffers.
+pub const BUFFER_BYTES_INITIAL: usize = 16 * 1024;
+/// Buffered bytes per direction before the proxy writes out (bounds memory per client).
+pub const BUFFER_BYTES_FLUSH: usize = 256 * 1024;

@@ -1,0 +1,91 @@
+//! The `pgshard` command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use pgshard::config::Config;
+use pgshard::demo::{self, DemoArgs};
+use pgshard::server::Proxy;
+
+#[derive(Parser)]
+#[command(name = "pgshard", version, about = "A PostgreSQL-wire sharding proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a configuration file.
+    Run {
+        #[arg(long, short, default_value = "pgshard.toml")]
+        config: PathBuf,
+    },
+    /// Start local PostgreSQL clusters and the proxy in front of them.
+    Demo {
+        /// Number of primaries.
+        #[arg(long, default_value_t = 2)]
+        backends: usize,
+        /// Add one streaming replica per primary.
+        #[arg(long)]
+        replicas: bool,
+        /// Port the proxy listens on (0: any free port).
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+        /// Port of the admin HTTP API (0: any free port).
+        #[arg(long, default_value_t = 6480)]
+        http_port: u16,
+        /// Folder for the clusters, config and shard map (default: a temporary one,
+        /// removed at exit).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Server connections per backend.
+        #[arg(long, default_value_t = pgshard::limits::POOL_SIZE_DEFAULT)]
+        pool_size: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => run(config).await,
+            Command::Demo {
+                backends,
+                replicas,
+                port,
+                http_port,
+                dir,
+                pool_size,
+            } => {
+                demo::run(DemoArgs {
+                    backends,
+                    replicas,
+                    port,
+                    http_port,
+                    dir,
+                    pool_size,
+                })
+                .await
+            }
+        }
+    })
+}
+
+async fn run(config: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&config)?;
+    let proxy = Proxy::bind(config).await?;
+    let app = proxy.app.clone();
+    let running = tokio::spawn(proxy.run());
+    demo::wait_for_signal().await;
+    app.shutdown.cancel();
+    let _ = running.await;
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! The shard map document (`shardmap/*.toml`) -> a validated, immutable [`ShardMap`].
+//! See DESIGN.md section 4 and the README for the format.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::backend::dsn::Dsn;
+
+pub const VSHARDS_DEFAULT: u32 = 1000;
+/// Largest vshard count a map may declare.
+pub const VSHARDS_MAX: u32 = 65_536;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MapError {
+    #[error("cannot read shard map {0}: {1}")]
+    Read(String, String),
+    #[error("shard map is not valid TOML: {0}")]
+    Toml(String),
+    #[error("shard map: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMap {
+    version: u64,
+    #[serde(default = "default_vshards")]
+    vshards: u32,
+    default_backend: String,
+    #[serde(default)]
+    reference_tables: Vec<String>,
+    backends: Vec<RawBackend>,
+    assign: BTreeMap<String, String>,
+    #[serde(default)]
+    tables: Vec<RawTable>,
+}
+
+fn default_vshards() -> u32 {
+    VSHARDS_DEFAULT
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: String,
+    primary: String,
+    #[serde(default)]
+    replicas: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    name: String,
+    key: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub name: String,
+    pub primary: Dsn,
+    pub replicas: Vec<Dsn>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardedTable {
+    pub name: String,
+    pub key: String,
+}
+
+/// Index into [`ShardMap::backends`].
+pub type BackendId = usize;
+
+#[derive(Debug, Clone)]
+pub struct ShardMap {
+    pub version: u64,
+    pub backends: Vec<Backend>,
+    /// `assignment[vshard]` is the backend that owns that vshard.
+    pub assignment: Vec<BackendId>,
+    pub default_backend: BackendId,
+    pub tables: HashMap<String, ShardedTable>,
+    pub reference_tables: HashSet<String>,
+}
+
+impl ShardMap {
+    pub fn load(path: &Path) -> Result<ShardMap, MapError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| MapError::Read(path.display().to_string(), e.to_string()))?;
+        ShardMap::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<ShardMap, MapError> {
+        let raw: RawMap = toml::from_str(text).map_err(|e| MapError::Toml(e.to_string()))?;
+        let invalid = |m: String| MapError::Invalid(m);
+        if raw.vshards == 0 || raw.vshards > VSHARDS_MAX {
+            return Err(invalid(format!(
+                "vshards must be 1..={VSHARDS_MAX}, got {}",
+                raw.vshards
+            )));
+        }
+        let backends = backends(&raw.backends).map_err(invalid)?;
+        let index: HashMap<&str, BackendId> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.name.as_str(), i))
+            .collect();
+        let assignment = assignment(&raw.assign, raw.vshards, &index).map_err(invalid)?;
+        let default_backend = *index.get(raw.default_backend.as_str()).ok_or_else(|| {
+            invalid(format!(
+                "default_backend \"{}\" is not a backend",
+                raw.default_backend
+            ))
+        })?;
+        let mut tables = HashMap::new();
+        for t in raw.tables {
+            let name = t.name.to_ascii_lowercase();
+            if t.key.is_empty() || name.is_empty() {
+                return Err(invalid(format!(
+                    "table \"{name}\": name and key are required"
+                )));
+            }
+            let table = ShardedTable {
+                name: name.clone(),
+                key: t.key.to_ascii_lowercase(),
+            };
+            if tables.insert(name.clone(), table).is_some() {
+                return Err(invalid(format!("table \"{name}\" is listed twice")));
+            }
+        }
+        let reference_tables: HashSet<String> = raw
+            .reference_tables
+            .iter()
+            .map(|t| t.to_ascii_lowercase())
+            .collect();
+        if let Some(t) = reference_tables.iter().find(|t| tables.contains_key(*t)) {
+            return Err(invalid(format!(
+                "table \"{t}\" is both sharded and a reference table"
+            )));
+        }
+        Ok(ShardMap {
+            version: raw.version,
+            backends,
+            assignment,
+            default_backend,
+            tables,
+            reference_tables,
+        })
+    }
+
+    pub fn vshards(&self) -> u32 {
+        self.assignment.len() as u32
+    }
+
+    /// How many vshards each backend owns, in backend order.
+    pub fn vshard_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.backends.len()];
+        for &b in &self.assignment {
+            counts[b] += 1;
+        }
+        counts
+    }
+
+    /// A map that spreads `vshards` evenly over the given backends, in ranges.
+    pub fn even_toml(backends: &[(String, String, Vec<String>)], vshards: u32) -> String {
+        let mut out = format!(
+            "version = 1\nvshards = {vshards}\ndefault_backend = \"{}\"\n\n",
+            backends.first().map(|b| b.0.as_str()).unwrap_or("")
+        );
+        for (name, primary, replicas) in backends {
+            let replicas: Vec<String> = replicas.iter().map(|r| format!("\"{r}\"")).collect();
+            out += &format!(
+                "[[backends]]\nname = \"{name}\"\nprimary = \"{primary}\"\nreplicas = [{}]\n\n",
+                replicas.join(", ")
+            );
+        }
+        out += "[assign]\n";
+        let n = backends.len().max(1) as u32;
+        for (i, (name, _, _)) in backends.iter().enumerate() {
+            let (lo, hi) = (vshards * i as u32 / n, vshards * (i as u32 + 1) / n);
+            if hi > lo {
+                out += &format!("\"{}-{}\" = \"{name}\"\n", lo, hi - 1);
+            }
+        }
+        out
+    }
+}
+
+fn backends(raw: &[RawBackend]) -> Result<Vec<Backend>, String> {
+    if raw.is_empty() {
+        return Err("at least one [[backends]] entry is required".into());
+    }
+    let mut out: Vec<Backend> = Vec::with_capacity(raw.len());
+    for b in raw {
+        if b.name.is_empty() {
+            return Err("a backend has an empty name".into());
+        }
+        if out.iter().any(|o| o.name == b.name) {
+            return Err(format!("backend \"{}\" is listed twice", b.name));
+        }
+        let dsn = |s: &str| Dsn::parse(s).map_err(|e| format!("backend \"{}\": {e}", b.name));
+        let replicas = b
+            .replicas
+            .iter()
+            .map(|r| dsn(r))
+            .collect::<Result<_, _>>()?;
+        out.push(Backend {
+            name: b.name.clone(),
+            primary: dsn(&b.primary)?,
+            replicas,
+        });
+    }
+    Ok(out)
+}
+
+fn assignment(
+    assign: &BTreeMap<String, String>,
+    vshards: u32,
+    index: &HashMap<&str, BackendId>,
+) -> Result<Vec<BackendId>, String> {
+    let mut out: Vec<Option<BackendId>> = vec![None; vshards as usize];
+    for (range, backend) in assign {
+        let (lo, hi) = parse_range(range, vshards)?;
+        let id = *index
+            .get(backend.as_str())
+            .ok_or_else(|| format!("assign \"{range}\": unknown backend \"{backend}\""))?;
+        for v in lo..=hi {
+            if let Some(prev) = out[v as usize] {
+                let _ = prev;
+                return Err(format!(
+                    "vshard {v} is assigned twice (again in \"{range}\")"
+                ));
+            }
+            out[v as usize] = Some(id);
+        }
+    }
+    let missing: Vec<usize> = (0..out.len()).filter(|&v| out[v].is_none()).collect();
+    if let Some(first) = missing.first() {
+        return Err(format!(
+            "{} vshards are not assigned, the first is {first}",
+            missing.len()
+        ));
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+fn parse_range(s: &str, vshards: u32) -> Result<(u32, u32), String> {
+    let bad = || format!("assign \"{s}\": expected a vshard or a range like \"0-249\"");
+    let (lo, hi) = match s.split_once('-') {
+        Some((lo, hi)) => (lo.trim(), hi.trim()),
+        None => (s.trim(), s.trim()),
+    };
+    let lo: u32 = lo.parse().map_err(|_| bad())?;
+    let hi: u32 = hi.parse().map_err(|_| bad())?;
+    if lo > hi || hi >= vshards {
+        return Err(format!(
+            "assign \"{s}\": range must lie within 0-{}",
+            vshards - 1
+        ));
+    }
+    Ok((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(assign: &str) -> String {
+        format!(
+            "version = 3\nvshards = 10\ndefault_backend = \"a\"\n\
+             [[backends]]\nname = \"a\"\nprimary = \"postgresql://u:p@h:1/d\"\n\
+             [[backends]]\nname = \"b\"\nprimary = \"postgresql://u:p@h:2/d\"\n\
+             [assign]\n{assign}"
+        )
+    }
+
+    fn check(text: &str, expect: Result<(), &str>) {
+        match (ShardMap::parse(text), expect) {
+            (Ok(_), Ok(())) => {}
+            (Err(e), Err(want)) => assert!(e.to_string().contains(want), "{e} lacks {want:?}"),
+            (got, want) => panic!("got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn validation() {
+        check(&map("\"0-4\" = \"a\"\n\"5-9\" = \"b\"\n"), Ok(()));
+        check(
+            &map("\"0-4\" = \"a\"\n\"4-9\" = \"b\"\n"),
+            Err("vshard 4 is assigned twice"),
+        );
+        check(
+            &map("\"0-4\" = \"a\"\n\"6-9\" = \"b\"\n"),
+            Err("1 vshards are not assigned, the first is 5"),
+        );
+        check(&map("\"0-9\" = \"c\"\n"), Err("unknown backend \"c\""));
+        check(&map("\"0-10\" = \"a\"\n"), Err("range must lie within 0-9"));
+        check(&map("\"x\" = \"a\"\n"), Err("expected a vshard or a range"));
+        check("version = ", Err("not valid TOML"));
+        let text =
+            map("\"0-9\" = \"a\"\n").replace("default_backend = \"a\"", "default_backend = \"z\"");
+        check(&text, Err("default_backend \"z\" is not a backend"));
+        let text = map("\"0-9\" = \"a\"\n").replace("name = \"b\"", "name = \"a\"");
+        check(&text, Err("backend \"a\" is listed twice"));
+    }
+
+    #[test]
+    fn even_map_round_trips() {
+        let backends: Vec<_> = (0..3)
+            .map(|i| {
+                (
+                    format!("b{i}"),
+                    format!("postgresql://u:p@h:{}/d", 5000 + i),
+                    vec![],
+                )
+            })
+            .collect();
+        let map = ShardMap::parse(&ShardMap::even_toml(&backends, 1000)).unwrap();
+        assert_eq!(map.vshard_counts(), vec![333, 333, 334]);
+        assert_eq!(map.assignment[0], 0);
+        assert_eq!(map.assignment[999], 2);
+    }
+}

@@ -1,0 +1,58 @@
+//! Starting the proxy: load config and shard map, bind listeners, run until shutdown.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::router::ShardMap;
+use crate::stats::Stats;
+
+/// A proxy that is listening; `run` serves until `app.shutdown` is cancelled.
+pub struct Proxy {
+    pub app: Arc<App>,
+    listener: TcpListener,
+    http: Option<TcpListener>,
+}
+
+impl Proxy {
+    pub async fn bind(config: Config) -> anyhow::Result<Proxy> {
+        let map = ShardMap::load(&config.shard_map)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let http = match config.http_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?,
+            ),
+            None => None,
+        };
+        let app = App::new(config, map, Stats::install());
+        Ok(Proxy {
+            app,
+            listener,
+            http,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub async fn run(self) {
+        let Proxy {
+            app,
+            listener,
+            http,
+        } = self;
+        if let Some(http) = http {
+            tokio::spawn(crate::admin::http::serve(app.clone(), http));
+        }
+        tracing::info!(addr = %app.config.listen, "pgshard is listening");
+        crate::frontend::serve(app, listener).await;
+    }
+}
