@@ -72,6 +72,8 @@ struct RawConfig {
     pool_size: usize,
     #[serde(default = "default_checkout_timeout_ms")]
     checkout_timeout_ms: u64,
+    #[serde(default = "default_startup_timeout_ms")]
+    startup_timeout_ms: u64,
     #[serde(default)]
     users: Vec<User>,
 }
@@ -84,6 +86,9 @@ fn default_pool_size() -> usize {
 }
 fn default_checkout_timeout_ms() -> u64 {
     limits::POOL_CHECKOUT_TIMEOUT.as_millis() as u64
+}
+fn default_startup_timeout_ms() -> u64 {
+    limits::STARTUP_TIMEOUT.as_millis() as u64
 }
 
 /// The name of the admin console's database.
@@ -100,6 +105,8 @@ pub struct Config {
     pub pool_mode: PoolMode,
     pub pool_size: usize,
     pub checkout_timeout: Duration,
+    /// How long a new client may take to log in.
+    pub startup_timeout: Duration,
     pub users: Vec<User>,
 }
 
@@ -137,6 +144,9 @@ impl Config {
         if raw.checkout_timeout_ms == 0 {
             return Err(invalid("checkout_timeout_ms", "must be above 0".into()));
         }
+        if raw.startup_timeout_ms == 0 {
+            return Err(invalid("startup_timeout_ms", "must be above 0".into()));
+        }
         if raw.database.is_empty() || raw.database == ADMIN_DATABASE {
             let msg = format!("must be a name other than \"{ADMIN_DATABASE}\" (the admin console)");
             return Err(invalid("database", msg));
@@ -151,6 +161,7 @@ impl Config {
             pool_mode: raw.pool_mode,
             pool_size: raw.pool_size,
             checkout_timeout: Duration::from_millis(raw.checkout_timeout_ms),
+            startup_timeout: Duration::from_millis(raw.startup_timeout_ms),
             users: raw.users,
         })
     }

@@ -66,7 +66,7 @@ async fn serve(args: &DemoArgs, dir: &Path, clusters: &LocalClusters) -> anyhow:
     let proxy = Proxy::bind(config).await?;
     let addr = proxy.local_addr()?;
     let app = proxy.app.clone();
-    let http = app.config.http_listen;
+    let http = proxy.http_addr();
     let running = tokio::spawn(proxy.run());
     println!("{READY_LINE}");
     println!("  psql \"postgresql://{USER}:{PASSWORD}@{addr}/{DATABASE}\"");

@@ -82,6 +82,11 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config)?;
     let proxy = Proxy::bind(config).await?;
+    // Scripts and tests wait for this line (the port may have been chosen by the OS).
+    println!("pgshard listening on {}", proxy.local_addr()?);
+    if let Some(http) = proxy.http_addr() {
+        println!("pgshard admin HTTP API on http://{http}");
+    }
     let app = proxy.app.clone();
     let running = tokio::spawn(proxy.run());
     demo::wait_for_signal().await;

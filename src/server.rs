@@ -43,6 +43,11 @@ impl Proxy {
         self.listener.local_addr()
     }
 
+    /// The admin HTTP API's address, when it listens.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     pub async fn run(self) {
         let Proxy {
             app,

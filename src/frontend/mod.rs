@@ -54,8 +54,10 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
 async fn client(app: Arc<App>, stream: TcpStream, addr: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let mut conn = ClientConn::new(stream);
-    let handshake =
-        tokio::time::timeout(limits::STARTUP_TIMEOUT, startup::handshake(&app, &mut conn));
+    let handshake = tokio::time::timeout(
+        app.config.startup_timeout,
+        startup::handshake(&app, &mut conn),
+    );
     let login = match handshake.await {
         Ok(Ok(Some(login))) => login,
         Ok(Ok(None)) => return,

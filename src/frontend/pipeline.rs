@@ -173,6 +173,9 @@ impl Pipeline {
                         ..forward
                     };
                 }
+                if tag == b'G' && req == Req::Execute {
+                    self.enter_copy_in();
+                }
                 if req.is_last_reply(tag) {
                     self.queue.pop_front();
                 }
@@ -189,6 +192,16 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// An Execute started COPY FROM STDIN. The server ignores Sync while copying, so
+    /// a Sync the client pipelined behind the Execute gets no reply; the client sends
+    /// another after CopyDone, and until then the batch is open.
+    fn enter_copy_in(&mut self) {
+        while matches!(self.queue.get(1), Some(Expect::Forward(Req::Sync))) {
+            self.queue.remove(1);
+        }
+        self.unsynced = true;
     }
 
     /// The front request failed: the server skips everything up to the next Sync, so
@@ -313,6 +326,39 @@ mod tests {
         assert_eq!(run(&mut p, &mut prepared, &server), "TCZ");
         assert_eq!(p.tx_status, b'T');
         assert!(!p.is_idle());
+    }
+
+    #[test]
+    fn sync_pipelined_before_copy_in_gets_no_reply() {
+        let mut p = Pipeline::default();
+        let mut prepared = HashSet::new();
+        p.push(Expect::Forward(Req::Bind));
+        p.push(Expect::Forward(Req::Execute));
+        p.push(Expect::Forward(Req::Sync));
+        assert_eq!(
+            run(
+                &mut p,
+                &mut prepared,
+                &[&msg(b'2', b"")[..], &msg(b'G', b"\0\0\0")]
+            ),
+            "2G"
+        );
+        assert!(
+            p.unsynced,
+            "the batch stays open until the client's next Sync"
+        );
+        // Client: CopyData, CopyDone, Sync, Close(statement, answered by the proxy), Sync.
+        p.unsynced = false;
+        p.push(Expect::Forward(Req::Sync));
+        p.push(Expect::Synthetic(Bytes::from(msg(b'3', b""))));
+        p.push(Expect::Forward(Req::Sync));
+        let server = [
+            &msg(b'C', b"COPY 1\0")[..],
+            &msg(b'Z', b"I"),
+            &msg(b'Z', b"I"),
+        ];
+        assert_eq!(run(&mut p, &mut prepared, &server), "CZ3Z");
+        assert!(p.is_idle());
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct Session {
     pending: Vec<ParamChange>,
     pending_failed: bool,
     request_started: Option<Instant>,
+    /// A server lost while the client sat in a transaction; reported at its next request.
+    lost: Option<String>,
 }
 
 enum Event {
@@ -64,6 +66,7 @@ impl Session {
             pending: Vec::new(),
             pending_failed: false,
             request_started: None,
+            lost: None,
         }
     }
 
@@ -135,7 +138,11 @@ impl Session {
             }
             let needs_server = matches!(info.tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'F');
             if needs_server && self.server.is_none() && !self.pipeline.skip_until_sync {
-                if let Err(e) = self.attach().await {
+                let attached = match self.lost.take() {
+                    Some(backend) => Err(ClientError::ServerLost(backend)),
+                    None => self.attach().await,
+                };
+                if let Err(e) = attached {
                     self.refuse(info.tag, e);
                     self.conn.rbuf.advance(info.len);
                     continue;
@@ -212,6 +219,7 @@ impl Session {
     }
 
     fn on_client_message(&mut self, tag: u8, frame: &Bytes) -> Result<(), ClientError> {
+        tracing::trace!(tag = %(tag as char), len = frame.len(), "client message");
         if self.pipeline.skip_until_sync && tag != b'S' {
             return Ok(());
         }
@@ -426,8 +434,17 @@ impl Session {
             };
             self.pipeline.flush_synthetic(&mut self.conn.wbuf);
             let frame = &server.rbuf[..info.len];
+            // An error nobody asked for (a FATAL before the server goes away) is not
+            // passed on: the client hears of the loss at its next request instead.
+            let unsolicited = self.pipeline.is_empty() && info.tag == b'E';
+            if info.tag == b'E' && is_fatal(&frame[5..]) {
+                // The server is going away; its reply is the loss of the connection.
+                self.server_lost(Some("server sent FATAL".into()));
+                return Ok(());
+            }
             let reply = self.pipeline.on_server(frame, &mut server.prepared);
-            if reply.forward {
+            tracing::trace!(tag = %(info.tag as char), ?reply, "server message");
+            if reply.forward && !unsolicited {
                 self.conn.wbuf.extend_from_slice(frame);
             }
             if !self.pending.is_empty() {
@@ -503,9 +520,14 @@ impl Session {
         drop(server);
         self.info.detach();
         let waiting = self.pipeline.pending_ready();
-        ClientError::ServerLost(backend).write(&mut self.conn.wbuf);
-        for _ in 0..waiting {
-            messages::ready_for_query(&mut self.conn.wbuf, b'I');
+        if waiting == 0 && self.pipeline.is_empty() {
+            // Idle in a transaction: nothing to answer now.
+            self.lost = Some(backend);
+        } else {
+            ClientError::ServerLost(backend).write(&mut self.conn.wbuf);
+            for _ in 0..waiting {
+                messages::ready_for_query(&mut self.conn.wbuf, b'I');
+            }
         }
         self.pipeline.reset();
         self.pending.clear();
@@ -539,6 +561,12 @@ impl Session {
         }
         server.broken = true;
     }
+}
+
+/// FATAL or PANIC: the server closes the connection after this error.
+fn is_fatal(payload: &[u8]) -> bool {
+    messages::parse_error_fields(payload)
+        .is_some_and(|f| f.severity == "FATAL" || f.severity == "PANIC")
 }
 
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";

@@ -122,7 +122,7 @@ async fn authenticate(
     let ok = match method {
         AuthMethod::Trust => true,
         AuthMethod::Md5 => md5_exchange(conn, user, &login.user).await?,
-        AuthMethod::ScramSha256 => scram_exchange(app, conn, user).await?,
+        AuthMethod::ScramSha256 => scram_exchange(app, conn, user, &login.user).await?,
     };
     if !ok || user.is_none() || (login.admin && !user.is_some_and(|u| u.admin)) {
         return Err(failed().into());
@@ -169,14 +169,11 @@ async fn scram_exchange(
     app: &App,
     conn: &mut ClientConn,
     user: Option<&User>,
+    name: &str,
 ) -> Result<bool, StartupFailure> {
     let secret = match user {
         Some(u) => app.secrets.scram(u),
-        None => scram::ScramSecret::from_password(
-            &rand::random::<u64>().to_string(),
-            b"pgshard-unknown",
-            4096,
-        ),
+        None => app.secrets.mock(name),
     };
     let mut server = scram::ScramServer::new(secret);
     messages::authentication_sasl(&mut conn.wbuf, scram::MECHANISM);

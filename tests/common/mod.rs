@@ -1,0 +1,322 @@
+//! Test harness: real PostgreSQL clusters and the real `pgshard` binary.
+//!
+//! Each test binary starts one `pgshard demo` (the same code users run) and shares it
+//! across its tests. The demo runs in a child process that gets SIGTERM when the test
+//! binary exits (PR_SET_PDEATHSIG), and then stops every cluster it started.
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const USER: &str = "pgshard";
+pub const PASSWORD: &str = "pgshard";
+pub const DATABASE: &str = "postgres";
+
+pub struct Demo {
+    pub proxy: SocketAddr,
+    pub http: SocketAddr,
+    /// The folder holding the demo's config and shard map.
+    pub dir: PathBuf,
+    /// (name, port) of each primary, in shard map order.
+    pub backends: Vec<(String, u16)>,
+}
+
+static DEMO: OnceLock<Demo> = OnceLock::new();
+
+/// The demo of this test binary, started on first use with `backends` primaries.
+pub fn demo(backends: usize, pool_size: usize) -> &'static Demo {
+    DEMO.get_or_init(|| start_demo(backends, pool_size))
+}
+
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PGSHARD_PG_BIN") {
+        return dir.into();
+    }
+    PathBuf::from("/usr/lib/postgresql/15/bin")
+}
+
+fn log_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().ok();
+    let test = exe
+        .as_ref()
+        .and_then(|e| e.file_stem())
+        .and_then(|s| s.to_str())
+        .unwrap_or("test");
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{test}-{name}.log"))
+}
+
+/// Spawns `pgshard ARGS` with SIGTERM-on-parent-death, from a thread that lives as
+/// long as the child (the death signal follows the spawning thread), and returns
+/// the child's stdout lines as they come.
+fn spawn_pgshard(args: Vec<String>, log: PathBuf) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let stderr = std::fs::File::create(&log).expect("create log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pgshard"));
+        command
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .stdin(Stdio::null());
+        // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("spawn pgshard");
+        let stdout = child.stdout.take().expect("piped stdout");
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+        let _ = child.wait();
+    });
+    rx
+}
+
+/// Reads lines until `want` returns a value; panics with the log path on timeout.
+fn wait_for_line<T>(
+    rx: &mpsc::Receiver<String>,
+    log: &Path,
+    mut want: impl FnMut(&str) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(v) = want(&line) {
+                    return v;
+                }
+            }
+            Err(e) => panic!("pgshard did not get ready ({e}); see {}", log.display()),
+        }
+    }
+}
+
+fn start_demo(backends: usize, pool_size: usize) -> Demo {
+    let log = log_path("demo");
+    let args = [
+        "demo",
+        "--port",
+        "0",
+        "--http-port",
+        "0",
+        "--backends",
+        &backends.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["--pool-size".to_string(), pool_size.to_string()])
+    .collect();
+    let rx = spawn_pgshard(args, log.clone());
+    let (mut proxy, mut http, mut dir) = (None, None, None);
+    wait_for_line(&rx, &log, |line| {
+        if let Some(rest) = line
+            .split("@")
+            .nth(1)
+            .filter(|_| line.contains("/postgres\""))
+        {
+            proxy = rest.split('/').next().and_then(|a| a.parse().ok());
+        }
+        if let Some(rest) = line.trim().strip_prefix("admin HTTP API: http://") {
+            http = rest.split('/').next().and_then(|a| a.parse().ok());
+        }
+        if let Some(rest) = line.trim().strip_prefix("config: ") {
+            dir = Path::new(rest).parent().map(Path::to_path_buf);
+        }
+        (proxy.is_some() && http.is_some() && dir.is_some()).then_some(())
+    });
+    let dir: PathBuf = dir.expect("demo printed its config path");
+    let map = std::fs::read_to_string(dir.join("shardmap.toml")).expect("read shard map");
+    Demo {
+        proxy: proxy.expect("proxy"),
+        http: http.expect("http"),
+        backends: parse_backends(&map),
+        dir,
+    }
+}
+
+fn parse_backends(map: &str) -> Vec<(String, u16)> {
+    let mut out = Vec::new();
+    let mut name = None;
+    for line in map.lines() {
+        if let Some(v) = line.strip_prefix("name = ") {
+            name = Some(v.trim_matches('"').to_string());
+        }
+        if let Some(v) = line.strip_prefix("primary = ") {
+            let port = v
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.split('/').next())
+                .and_then(|p| p.parse().ok());
+            out.push((
+                name.take().expect("name before primary"),
+                port.expect("port in dsn"),
+            ));
+        }
+    }
+    out
+}
+
+/// A `pgshard run` process of a test's own; killed on drop.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pid: u32,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) of our own child's pid.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGTERM);
+        }
+    }
+}
+
+/// Starts a proxy over the demo's backends with `extra` config lines (users, pool
+/// size, ...) appended to a minimal config.
+pub fn start_proxy(demo: &Demo, name: &str, extra: &str) -> Proxy {
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("proxy-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("proxy dir");
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\nshard_map = \"{}\"\n{extra}",
+        demo.dir.join("shardmap.toml").display()
+    );
+    let path = dir.join("pgshard.toml");
+    std::fs::write(&path, config).expect("write config");
+    let log = log_path(name);
+    let rx = spawn_pgshard(
+        vec!["run".into(), "--config".into(), path.display().to_string()],
+        log.clone(),
+    );
+    let addr = wait_for_line(&rx, &log, |line| {
+        line.strip_prefix("pgshard listening on ")
+            .and_then(|a| a.parse().ok())
+    });
+    let pid = pid_listening(addr);
+    Proxy { addr, pid }
+}
+
+/// The pid of the `pgshard run` child serving `addr` (found through /proc).
+fn pid_listening(addr: SocketAddr) -> u32 {
+    let me = std::process::id();
+    let children = std::fs::read_dir("/proc").expect("/proc").filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid: u32 = stat
+            .rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+        (ppid == me && cmdline.contains("run")).then_some(pid)
+    });
+    let found: Vec<u32> = children.collect();
+    let _ = addr;
+    *found.iter().max().expect("the pgshard run child")
+}
+
+pub async fn connect(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let conn_str = format!(
+        "host={} port={} user={user} password={password} dbname={db}",
+        addr.ip(),
+        addr.port()
+    );
+    let (client, connection) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+pub async fn proxy_client(demo: &Demo) -> tokio_postgres::Client {
+    connect(demo.proxy, USER, PASSWORD, DATABASE)
+        .await
+        .expect("connect through the proxy")
+}
+
+pub async fn backend_client(demo: &Demo, i: usize) -> tokio_postgres::Client {
+    let addr: SocketAddr = format!("127.0.0.1:{}", demo.backends[i].1)
+        .parse()
+        .expect("addr");
+    connect(addr, USER, PASSWORD, DATABASE)
+        .await
+        .expect("connect to a backend directly")
+}
+
+/// Runs a PostgreSQL client program (psql, pgbench) against `addr`.
+pub fn pg_tool(tool: &str, addr: SocketAddr, args: &[&str]) -> Output {
+    Command::new(bin_dir().join(tool))
+        .args([
+            "-h",
+            &addr.ip().to_string(),
+            "-p",
+            &addr.port().to_string(),
+            "-U",
+            USER,
+        ])
+        .args(args)
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .unwrap_or_else(|e| panic!("run {tool}: {e}"))
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A plain HTTP/1.0 GET; returns the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the HTTP API");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read response");
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
