@@ -11,6 +11,7 @@ use crate::backend::Topology;
 use crate::config::Config;
 use crate::frontend::auth::Secrets;
 use crate::frontend::clients::ClientRegistry;
+use crate::frontend::statements::KnownStatements;
 use crate::router::ShardMap;
 use crate::stats::Stats;
 
@@ -20,6 +21,8 @@ pub struct App {
     pub topology: ArcSwap<Topology>,
     pub clients: ClientRegistry,
     pub secrets: Secrets,
+    /// Statements some server accepted; a Parse of one needs no server.
+    pub known_statements: KnownStatements,
     pub stats: Stats,
     pub shutdown: CancellationToken,
     pub started: Instant,
@@ -34,6 +37,7 @@ impl App {
             topology: ArcSwap::from_pointee(topology),
             clients: ClientRegistry::default(),
             secrets,
+            known_statements: KnownStatements::default(),
             stats,
             shutdown: CancellationToken::new(),
             started: Instant::now(),

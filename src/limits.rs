@@ -27,6 +27,8 @@ pub const SERVER_CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
 pub const CLIENT_PREPARED_MAX: usize = 10_000;
 /// Prepared statements kept on one server connection (least recently used closed).
 pub const SERVER_PREPARED_MAX: usize = 1_000;
+/// Distinct statements the proxy remembers as accepted by a server.
+pub const KNOWN_STATEMENTS_MAX: usize = 100_000;
 /// Session parameters one client may SET.
 pub const CLIENT_PARAMS_MAX: usize = 256;
 /// Initial capacity of per-connection read and write buffers.

@@ -64,6 +64,8 @@ pub struct Reply {
     pub internal_error: bool,
     /// A client's named Parse that failed: the client must forget that statement.
     pub failed_statement: Option<u64>,
+    /// A named statement a server accepted.
+    pub parsed: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -148,7 +150,10 @@ impl Pipeline {
             Some(&Expect::InjectedParse(id)) => match tag {
                 b'1' => {
                     self.queue.pop_front();
-                    Reply::default()
+                    Reply {
+                        parsed: Some(id),
+                        ..Reply::default()
+                    }
                 }
                 b'E' => {
                     prepared.remove(&id);
@@ -178,6 +183,12 @@ impl Pipeline {
                 }
                 if req.is_last_reply(tag) {
                     self.queue.pop_front();
+                }
+                if let (Req::Parse(Some(id)), b'1') = (req, tag) {
+                    return Reply {
+                        parsed: Some(id),
+                        ..forward
+                    };
                 }
                 if tag == b'Z' {
                     self.tx_status = status().unwrap_or(b'I');

@@ -136,19 +136,26 @@ impl Session {
             if info.tag == b'X' {
                 return Ok(false);
             }
+            let frame = self.conn.rbuf.split_to(info.len).freeze();
+            let detached = self.server.is_none() && !self.pipeline.skip_until_sync;
+            if detached && info.tag == b'P' {
+                match self.parse_without_server(&frame) {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => return self.fatal(e).await,
+                }
+            }
             let needs_server = matches!(info.tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'F');
-            if needs_server && self.server.is_none() && !self.pipeline.skip_until_sync {
+            if needs_server && detached {
                 let attached = match self.lost.take() {
                     Some(backend) => Err(ClientError::ServerLost(backend)),
-                    None => self.attach().await,
+                    None => self.attach(&frame).await,
                 };
                 if let Err(e) = attached {
                     self.refuse(info.tag, e);
-                    self.conn.rbuf.advance(info.len);
                     continue;
                 }
             }
-            let frame = self.conn.rbuf.split_to(info.len).freeze();
             if let Err(e) = self.on_client_message(info.tag, &frame) {
                 return self.fatal(e).await;
             }
@@ -176,9 +183,9 @@ impl Session {
         }
     }
 
-    async fn attach(&mut self) -> Result<(), ClientError> {
+    async fn attach(&mut self, first: &[u8]) -> Result<(), ClientError> {
         let topology = self.app.topology.load();
-        let Route::Backend(id) = router::route(&topology.map, &self.conn.rbuf);
+        let Route::Backend(id) = router::route(&topology.map, first);
         let pool = topology.pool(id).clone();
         let mut server = pool.checkout().await.map_err(|e| match e {
             PoolError::Timeout(_) => ClientError::PoolTimeout(pool.backend.clone()),
@@ -311,6 +318,31 @@ impl Session {
             self.pipeline.unsynced = true;
         }
         Ok(())
+    }
+
+    /// A named Parse of a statement some server has already accepted is answered by
+    /// the proxy, and the statement is prepared where it is first used. Without this a
+    /// client that prepares synchronously outside a transaction (pgbench -M prepared
+    /// runs PQprepare on a thread shared with other connections) could wait for a pool
+    /// that its own other connections hold, until the checkout timeout.
+    fn parse_without_server(&mut self, frame: &[u8]) -> Result<bool, ClientError> {
+        let malformed = || ClientError::Protocol("malformed Parse message".into());
+        let (name, query, types) = messages::parse_message(&frame[5..]).ok_or_else(malformed)?;
+        if name.is_empty()
+            || self.statements.contains(name)
+            || self.statements.len() >= limits::CLIENT_PREPARED_MAX
+        {
+            return Ok(false);
+        }
+        let statement = Statement::new(query, types);
+        if !self.app.known_statements.contains(statement.id) {
+            return Ok(false);
+        }
+        self.track_params(query);
+        self.statements.insert(name, Arc::new(statement));
+        self.pipeline
+            .push(Expect::Synthetic(Bytes::from_static(PARSE_COMPLETE)));
+        Ok(true)
     }
 
     /// Makes sure the server has `statement`, injecting a Parse when it does not.
@@ -461,6 +493,9 @@ impl Session {
             }
             if let Some(id) = reply.failed_statement {
                 self.statements.forget(id);
+            }
+            if let Some(id) = reply.parsed {
+                self.app.known_statements.insert(id);
             }
             if self.conn.wbuf.len() >= limits::BUFFER_BYTES_FLUSH {
                 self.conn.flush().await?;

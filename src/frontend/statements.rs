@@ -82,6 +82,33 @@ impl Statements {
     }
 }
 
+/// Statements some server has accepted, shared by all clients. Read on every named
+/// Parse outside a transaction; written once per new statement.
+#[derive(Debug, Default)]
+pub struct KnownStatements {
+    ids: std::sync::RwLock<std::collections::HashSet<u64>>,
+}
+
+impl KnownStatements {
+    pub fn contains(&self, id: u64) -> bool {
+        self.ids
+            .read()
+            .map(|ids| ids.contains(&id))
+            .unwrap_or(false)
+    }
+
+    pub fn insert(&self, id: u64) {
+        if self.contains(id) {
+            return;
+        }
+        if let Ok(mut ids) = self.ids.write() {
+            if ids.len() < crate::limits::KNOWN_STATEMENTS_MAX {
+                ids.insert(id);
+            }
+        }
+    }
+}
+
 /// Rewrites a Bind whose statement name ends at `rest_at` to use `global_name`.
 pub fn rewrite_bind(out: &mut BytesMut, portal: &[u8], global_name: &[u8], rest: &[u8]) {
     let at = messages::begin(out, b'B');

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -53,9 +53,10 @@ fn log_path(name: &str) -> PathBuf {
 
 /// Spawns `pgshard ARGS` with SIGTERM-on-parent-death, from a thread that lives as
 /// long as the child (the death signal follows the spawning thread), and returns
-/// the child's stdout lines as they come.
-fn spawn_pgshard(args: Vec<String>, log: PathBuf) -> mpsc::Receiver<String> {
+/// the child's pid and its stdout lines as they come.
+fn spawn_pgshard(args: Vec<String>, log: PathBuf) -> (u32, mpsc::Receiver<String>) {
     let (tx, rx) = mpsc::channel();
+    let (pid_tx, pid_rx) = mpsc::channel();
     std::thread::spawn(move || {
         let stderr = std::fs::File::create(&log).expect("create log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_pgshard"));
@@ -72,13 +73,14 @@ fn spawn_pgshard(args: Vec<String>, log: PathBuf) -> mpsc::Receiver<String> {
             });
         }
         let mut child = command.spawn().expect("spawn pgshard");
+        let _ = pid_tx.send(child.id());
         let stdout = child.stdout.take().expect("piped stdout");
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
         let _ = child.wait();
     });
-    rx
+    (pid_rx.recv().expect("pgshard started"), rx)
 }
 
 /// Reads lines until `want` returns a value; panics with the log path on timeout.
@@ -116,7 +118,7 @@ fn start_demo(backends: usize, pool_size: usize) -> Demo {
     .map(|s| s.to_string())
     .chain(["--pool-size".to_string(), pool_size.to_string()])
     .collect();
-    let rx = spawn_pgshard(args, log.clone());
+    let (_, rx) = spawn_pgshard(args, log.clone());
     let (mut proxy, mut http, mut dir) = (None, None, None);
     wait_for_line(&rx, &log, |line| {
         if let Some(rest) = line
@@ -194,37 +196,13 @@ pub fn start_proxy(demo: &Demo, name: &str, extra: &str) -> Proxy {
     let path = dir.join("pgshard.toml");
     std::fs::write(&path, config).expect("write config");
     let log = log_path(name);
-    let rx = spawn_pgshard(
-        vec!["run".into(), "--config".into(), path.display().to_string()],
-        log.clone(),
-    );
+    let args = vec!["run".into(), "--config".into(), path.display().to_string()];
+    let (pid, rx) = spawn_pgshard(args, log.clone());
     let addr = wait_for_line(&rx, &log, |line| {
         line.strip_prefix("pgshard listening on ")
             .and_then(|a| a.parse().ok())
     });
-    let pid = pid_listening(addr);
     Proxy { addr, pid }
-}
-
-/// The pid of the `pgshard run` child serving `addr` (found through /proc).
-fn pid_listening(addr: SocketAddr) -> u32 {
-    let me = std::process::id();
-    let children = std::fs::read_dir("/proc").expect("/proc").filter_map(|e| {
-        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let ppid: u32 = stat
-            .rsplit(')')
-            .next()?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
-        (ppid == me && cmdline.contains("run")).then_some(pid)
-    });
-    let found: Vec<u32> = children.collect();
-    let _ = addr;
-    *found.iter().max().expect("the pgshard run child")
 }
 
 pub async fn connect(
@@ -234,7 +212,7 @@ pub async fn connect(
     db: &str,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let conn_str = format!(
-        "host={} port={} user={user} password={password} dbname={db}",
+        "host={} port={} user='{user}' password='{password}' dbname='{db}'",
         addr.ip(),
         addr.port()
     );
