@@ -322,3 +322,17 @@ mod tests {
         assert_eq!(map.assignment[999], 2);
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::ShardMap;
+
+    #[test]
+    fn shipped_examples_are_valid() {
+        for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/shardmap")).unwrap() {
+            let path = entry.unwrap().path();
+            let map = ShardMap::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(map.vshards(), 1000, "{}", path.display());
+        }
+    }
+}
