@@ -1,0 +1,314 @@
+//! One client's session after login: reads client messages, attaches a server
+//! connection at the start of a transaction (transaction pooling) and returns it at
+//! ReadyForQuery 'I', and forwards replies as whole frames without decoding rows.
+
+mod extended;
+mod replies;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+
+use super::clients::ClientInfo;
+use super::conn::{ClientConn, ConnError};
+use super::params::{self, ClientParams, ParamChange};
+use super::pipeline::{Expect, Pipeline, Req};
+use super::statements::Statements;
+use crate::app::App;
+use crate::backend::pool::{Guard, PoolError};
+use crate::config::PoolMode;
+use crate::error::ClientError;
+use crate::limits;
+use crate::protocol::messages;
+use crate::protocol::next_frame;
+use crate::router::{self, Route};
+use crate::stats::Stats;
+
+pub struct Session {
+    app: Arc<App>,
+    conn: ClientConn,
+    info: Arc<ClientInfo>,
+    server: Option<Guard>,
+    /// Bytes for the server, not yet written.
+    swbuf: BytesMut,
+    pipeline: Pipeline,
+    statements: Statements,
+    params: ClientParams,
+    /// Parameter changes sent but not yet known to have taken effect.
+    pending: Vec<ParamChange>,
+    pending_failed: bool,
+    request_started: Option<Instant>,
+    /// A server lost while the client sat in a transaction; reported at its next request.
+    lost: Option<String>,
+}
+
+enum Event {
+    Client(std::io::Result<usize>),
+    Server(std::io::Result<usize>),
+    Shutdown,
+}
+
+impl Session {
+    pub fn new(
+        app: Arc<App>,
+        conn: ClientConn,
+        info: Arc<ClientInfo>,
+        params: ClientParams,
+    ) -> Session {
+        Session {
+            app,
+            conn,
+            info,
+            server: None,
+            swbuf: BytesMut::with_capacity(limits::BUFFER_BYTES_INITIAL),
+            pipeline: Pipeline::default(),
+            statements: Statements::default(),
+            params,
+            pending: Vec::new(),
+            pending_failed: false,
+            request_started: None,
+            lost: None,
+        }
+    }
+
+    /// Serves the client until it leaves; cleans up its server connection either way.
+    pub async fn run(mut self) -> Result<(), ConnError> {
+        let result = self.serve().await;
+        self.cleanup().await;
+        match result {
+            Err(ConnError::Closed) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn serve(&mut self) -> Result<(), ConnError> {
+        loop {
+            if !self.handle_client_input().await? {
+                return Ok(());
+            }
+            self.pipeline.flush_synthetic(&mut self.conn.wbuf);
+            self.write_server().await;
+            self.conn.flush().await?;
+            self.maybe_release();
+            match self.wait().await {
+                Event::Client(Ok(0)) => return Err(ConnError::Closed),
+                Event::Client(r) => {
+                    r?;
+                }
+                Event::Server(Ok(n)) if n > 0 => self.handle_server_input().await?,
+                Event::Server(r) => self.server_lost(r.err().map(|e| e.to_string())),
+                Event::Shutdown => {
+                    ClientError::ShuttingDown.write_fatal(&mut self.conn.wbuf);
+                    self.conn.flush().await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Waits for bytes from the client or the server. Cancel safe (reads only).
+    async fn wait(&mut self) -> Event {
+        let conn = &mut self.conn;
+        let shutdown = self.app.shutdown.cancelled();
+        match self.server.as_mut() {
+            Some(server) => {
+                let server = &mut **server;
+                tokio::select! {
+                    r = server.stream.read_buf(&mut server.rbuf) => Event::Server(r),
+                    r = conn.stream.read_buf(&mut conn.rbuf) => Event::Client(r),
+                }
+            }
+            None => tokio::select! {
+                r = conn.stream.read_buf(&mut conn.rbuf) => Event::Client(r),
+                _ = shutdown => Event::Shutdown,
+            },
+        }
+    }
+
+    /// Handles every whole client message buffered. `Ok(false)`: the client said
+    /// Terminate.
+    async fn handle_client_input(&mut self) -> Result<bool, ConnError> {
+        loop {
+            let info = match next_frame(&self.conn.rbuf) {
+                Ok(Some(info)) => info,
+                Ok(None) => return Ok(true),
+                Err(e) => return self.fatal(ClientError::Protocol(e.to_string())).await,
+            };
+            if info.tag == b'X' {
+                return Ok(false);
+            }
+            let frame = self.conn.rbuf.split_to(info.len).freeze();
+            let detached = self.server.is_none() && !self.pipeline.skip_until_sync;
+            if detached && info.tag == b'P' {
+                match self.parse_without_server(&frame) {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => return self.fatal(e).await,
+                }
+            }
+            let needs_server = matches!(info.tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'F');
+            if needs_server && detached {
+                let attached = match self.lost.take() {
+                    Some(backend) => Err(ClientError::ServerLost(backend)),
+                    None => self.attach(&frame).await,
+                };
+                if let Err(e) = attached {
+                    self.refuse(info.tag, e);
+                    continue;
+                }
+            }
+            if let Err(e) = self.on_client_message(info.tag, &frame) {
+                return self.fatal(e).await;
+            }
+            if self.swbuf.len() >= limits::BUFFER_BYTES_FLUSH {
+                self.write_server().await;
+            }
+        }
+    }
+
+    async fn fatal(&mut self, e: ClientError) -> Result<bool, ConnError> {
+        Stats::client_error(e.kind());
+        e.write_fatal(&mut self.conn.wbuf);
+        self.conn.flush().await?;
+        Ok(false)
+    }
+
+    /// Answers a message that needed a server when none could be had.
+    fn refuse(&mut self, tag: u8, e: ClientError) {
+        Stats::client_error(e.kind());
+        e.write(&mut self.conn.wbuf);
+        if tag == b'Q' {
+            messages::ready_for_query(&mut self.conn.wbuf, b'I');
+        } else {
+            self.pipeline.skip_until_sync = true;
+        }
+    }
+
+    async fn attach(&mut self, first: &[u8]) -> Result<(), ClientError> {
+        let topology = self.app.topology.load();
+        let Route::Backend(id) = router::route(&topology.map, first);
+        let pool = topology.pool(id).clone();
+        let mut server = pool.checkout().await.map_err(|e| match e {
+            PoolError::Timeout(_) => ClientError::PoolTimeout(pool.backend.clone()),
+            PoolError::Server(_) => ClientError::ServerUnavailable(pool.backend.clone()),
+        })?;
+        server.idle = false;
+        if server.params_fingerprint != self.params.fingerprint() {
+            messages::query(&mut self.swbuf, &self.params.sync_sql());
+            self.pipeline.push(Expect::Internal);
+            server.params_fingerprint = self.params.fingerprint();
+        }
+        self.pipeline.tx_status = b'I';
+        self.info.attach(&pool.backend, &server.cancel);
+        self.server = Some(server);
+        Ok(())
+    }
+
+    fn maybe_release(&mut self) {
+        if self.app.config.pool_mode == PoolMode::Session {
+            return;
+        }
+        let Some(server) = &self.server else { return };
+        if self.pipeline.is_idle() && server.rbuf.is_empty() && self.swbuf.is_empty() {
+            self.release();
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            server.idle = true;
+            server
+                .pool()
+                .stats
+                .transactions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.info.detach();
+    }
+
+    fn on_client_message(&mut self, tag: u8, frame: &Bytes) -> Result<(), ClientError> {
+        tracing::trace!(tag = %(tag as char), len = frame.len(), "client message");
+        if self.pipeline.skip_until_sync && tag != b'S' {
+            return Ok(());
+        }
+        let payload = &frame[5..];
+        match tag {
+            b'Q' => {
+                self.track_params(payload);
+                self.app.stats.queries_simple.increment(1);
+                self.forward(frame, Req::Query);
+            }
+            b'P' => self.on_parse(frame)?,
+            b'B' => self.on_bind(payload)?,
+            b'D' => self.on_describe(frame)?,
+            b'E' => {
+                self.app.stats.queries_extended.increment(1);
+                self.forward(frame, Req::Execute);
+            }
+            b'C' => self.on_close(frame)?,
+            b'S' => self.on_sync(frame),
+            b'F' => self.forward(frame, Req::FunctionCall),
+            b'H' | b'd' | b'c' | b'f' => {
+                // Flush and COPY data only mean something with a server attached;
+                // PostgreSQL ignores stray COPY messages too.
+                if self.server.is_some() {
+                    self.swbuf.extend_from_slice(frame);
+                }
+            }
+            other => {
+                let msg = format!("invalid frontend message type {}", other as char);
+                return Err(ClientError::Protocol(msg));
+            }
+        }
+        Ok(())
+    }
+
+    fn forward(&mut self, frame: &[u8], req: Req) {
+        self.swbuf.extend_from_slice(frame);
+        self.push(req);
+    }
+
+    fn push(&mut self, req: Req) {
+        if !matches!(req, Req::Query | Req::FunctionCall | Req::Sync) {
+            self.pipeline.unsynced = true;
+        }
+        self.pipeline.push(Expect::Forward(req));
+        self.request_started.get_or_insert_with(Instant::now);
+    }
+
+    fn on_sync(&mut self, frame: &[u8]) {
+        self.pipeline.skip_until_sync = false;
+        if self.server.is_some() {
+            self.forward(frame, Req::Sync);
+            self.pipeline.unsynced = false;
+        } else {
+            self.pipeline.unsynced = false;
+            let mut buf = BytesMut::new();
+            messages::ready_for_query(&mut buf, b'I');
+            self.pipeline.push(Expect::Synthetic(buf.freeze()));
+        }
+    }
+
+    /// Notes SET/RESET/DISCARD so the session's parameters follow the client.
+    fn track_params(&mut self, sql: &[u8]) {
+        if !params::may_change(sql) {
+            return;
+        }
+        let Ok(sql) = std::str::from_utf8(sql.strip_suffix(b"\0").unwrap_or(sql)) else {
+            return;
+        };
+        for change in params::changes(sql) {
+            if matches!(change, ParamChange::DiscardAll | ParamChange::DeallocateAll) {
+                if let Some(server) = self.server.as_mut() {
+                    server.prepared.clear();
+                }
+            }
+            self.pending.push(change);
+        }
+    }
+}
+
+const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";

@@ -1,0 +1,167 @@
+//! The server side of a session: replies forwarded to the client, ReadyForQuery
+//! bookkeeping, a lost server, and cleanup when the client leaves.
+
+use bytes::Buf;
+use tokio::io::AsyncWriteExt;
+
+use super::Session;
+use crate::error::ClientError;
+use crate::frontend::conn::ConnError;
+use crate::limits;
+use crate::protocol::messages;
+use crate::protocol::next_frame;
+
+impl Session {
+    pub(super) async fn handle_server_input(&mut self) -> Result<(), ConnError> {
+        loop {
+            let Some(guard) = self.server.as_mut() else {
+                return Ok(());
+            };
+            let server = &mut **guard;
+            let info = match next_frame(&server.rbuf) {
+                Ok(Some(info)) => info,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    self.server_lost(Some(e.to_string()));
+                    return Ok(());
+                }
+            };
+            self.pipeline.flush_synthetic(&mut self.conn.wbuf);
+            let frame = &server.rbuf[..info.len];
+            // An error nobody asked for (a FATAL before the server goes away) is not
+            // passed on: the client hears of the loss at its next request instead.
+            let unsolicited = self.pipeline.is_empty() && info.tag == b'E';
+            if info.tag == b'E' && is_fatal(&frame[5..]) {
+                // The server is going away; its reply is the loss of the connection.
+                self.server_lost(Some("server sent FATAL".into()));
+                return Ok(());
+            }
+            let reply = self.pipeline.on_server(frame, &mut server.prepared);
+            tracing::trace!(tag = %(info.tag as char), ?reply, "server message");
+            if reply.forward && !unsolicited {
+                self.conn.wbuf.extend_from_slice(frame);
+            }
+            if !self.pending.is_empty() {
+                self.pending_failed |=
+                    reply.error || (info.tag == b'C' && frame[5..].starts_with(b"ROLLBACK"));
+            }
+            if reply.internal_error {
+                tracing::warn!("restoring a client's session parameters failed; will retry");
+                server.params_fingerprint = u64::MAX;
+            }
+            server.rbuf.advance(info.len);
+            if let Some(status) = reply.ready {
+                self.on_ready(status);
+            }
+            if let Some(id) = reply.failed_statement {
+                self.statements.forget(id);
+            }
+            if let Some(id) = reply.parsed {
+                self.app.known_statements.insert(id);
+            }
+            if self.conn.wbuf.len() >= limits::BUFFER_BYTES_FLUSH {
+                self.conn.flush().await?;
+            }
+        }
+    }
+
+    pub(super) fn on_ready(&mut self, status: u8) {
+        if self.pipeline.is_empty() {
+            if let Some(started) = self.request_started.take() {
+                self.app
+                    .stats
+                    .query_seconds
+                    .record(started.elapsed().as_secs_f64());
+            }
+        }
+        if status != b'I' || self.pending.is_empty() {
+            return;
+        }
+        if !self.pending_failed {
+            for change in self.pending.drain(..) {
+                self.params.apply(&change);
+            }
+            if let Some(server) = self.server.as_mut() {
+                server.params_fingerprint = self.params.fingerprint();
+            }
+        }
+        self.pending.clear();
+        self.pending_failed = false;
+    }
+
+    pub(super) async fn write_server(&mut self) {
+        if self.swbuf.is_empty() {
+            return;
+        }
+        let Some(server) = self.server.as_mut() else {
+            self.swbuf.clear();
+            return;
+        };
+        let result = server.stream.write_all(&self.swbuf).await;
+        self.swbuf.clear();
+        if let Err(e) = result {
+            self.server_lost(Some(e.to_string()));
+        }
+    }
+
+    /// The server connection failed: discard it, tell the client, and answer every
+    /// request still waiting so the client's protocol state stays consistent.
+    pub(super) fn server_lost(&mut self, reason: Option<String>) {
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        server.broken = true;
+        let backend = server.pool().backend.clone();
+        tracing::warn!(%backend, reason = reason.as_deref().unwrap_or("closed"), "server connection lost");
+        metrics::counter!("pgshard_backend_errors_total", "backend" => backend.clone(), "kind" => "lost").increment(1);
+        drop(server);
+        self.info.detach();
+        let waiting = self.pipeline.pending_ready();
+        if waiting == 0 && self.pipeline.is_empty() {
+            // Idle in a transaction: nothing to answer now.
+            self.lost = Some(backend);
+        } else {
+            ClientError::ServerLost(backend).write(&mut self.conn.wbuf);
+            for _ in 0..waiting {
+                messages::ready_for_query(&mut self.conn.wbuf, b'I');
+            }
+        }
+        self.pipeline.reset();
+        self.pending.clear();
+        self.pending_failed = false;
+        self.request_started = None;
+    }
+
+    /// The client is gone: a server left mid-transaction is rolled back (or, if busy
+    /// or unresponsive, cancelled and discarded) so no transaction stays open.
+    pub(super) async fn cleanup(&mut self) {
+        self.info.detach();
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        if self.pipeline.is_idle() {
+            server.idle = true;
+            return;
+        }
+        if self.pipeline.is_empty() && !self.pipeline.unsynced {
+            let rollback =
+                tokio::time::timeout(limits::SERVER_CLEANUP_TIMEOUT, server.execute("ROLLBACK"));
+            if let Ok(Ok(())) = rollback.await {
+                server.idle = true;
+                return;
+            }
+        } else {
+            let key = server.cancel.clone();
+            tokio::spawn(async move {
+                let _ = crate::backend::server::cancel(&key).await;
+            });
+        }
+        server.broken = true;
+    }
+}
+
+/// FATAL or PANIC: the server closes the connection after this error.
+fn is_fatal(payload: &[u8]) -> bool {
+    messages::parse_error_fields(payload)
+        .is_some_and(|f| f.severity == "FATAL" || f.severity == "PANIC")
+}
