@@ -55,7 +55,7 @@ pub fn pools(app: &App) -> Table {
         .iter()
         .map(|p| {
             vec![
-                p.backend.clone(),
+                p.backend.to_string(),
                 p.role.into(),
                 p.dsn.host.clone(),
                 p.dsn.port.to_string(),
@@ -95,7 +95,7 @@ pub fn stats(app: &App) -> Table {
                 .checked_div(waits)
                 .unwrap_or(0);
             vec![
-                p.backend.clone(),
+                p.backend.to_string(),
                 s.transactions.load(Relaxed).to_string(),
                 s.queries.load(Relaxed).to_string(),
                 s.checkouts.load(Relaxed).to_string(),

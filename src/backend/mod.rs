@@ -33,7 +33,7 @@ impl Topology {
                 let reuse = previous.and_then(|p| {
                     p.pools
                         .iter()
-                        .find(|pool| pool.backend == b.name && pool.dsn == b.primary)
+                        .find(|pool| *pool.backend == *b.name && pool.dsn == b.primary)
                 });
                 match reuse {
                     Some(pool) => pool.clone(),

@@ -33,7 +33,7 @@ pub struct PoolStats {
 }
 
 pub struct Pool {
-    pub backend: String,
+    pub backend: Arc<str>,
     /// "primary" or "replica".
     pub role: &'static str,
     pub dsn: Dsn,
@@ -55,7 +55,7 @@ impl Pool {
         checkout_timeout: Duration,
     ) -> Pool {
         Pool {
-            backend: backend.to_owned(),
+            backend: backend.into(),
             role,
             dsn,
             size,
@@ -124,7 +124,7 @@ impl Pool {
         self.stats
             .wait_us_total
             .fetch_add(waited.as_micros() as u64, Relaxed);
-        metrics::histogram!("pgshard_pool_wait_seconds", "backend" => self.backend.clone())
+        metrics::histogram!("pgshard_pool_wait_seconds", "backend" => self.backend.to_string())
             .record(waited.as_secs_f64());
         Ok(permit)
     }
@@ -138,7 +138,7 @@ impl Pool {
             }
             Err(e) => {
                 self.stats.connect_errors.fetch_add(1, Relaxed);
-                metrics::counter!("pgshard_backend_errors_total", "backend" => self.backend.clone(), "kind" => "connect")
+                metrics::counter!("pgshard_backend_errors_total", "backend" => self.backend.to_string(), "kind" => "connect")
                     .increment(1);
                 tracing::warn!(backend = %self.backend, error = %e, "server connection failed");
                 Err(e.into())

@@ -38,7 +38,8 @@ pub enum ServerError {
 /// The cancel key of a server connection and where it lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CancelKey {
-    pub addr: String,
+    /// Shared so that recording it per transaction costs no allocation.
+    pub addr: std::sync::Arc<str>,
     pub pid: i32,
     pub secret: i32,
 }
@@ -175,7 +176,7 @@ async fn handshake(mut stream: TcpStream, dsn: &Dsn) -> Result<ServerConn, Serve
         rbuf,
         params: server_params,
         cancel: CancelKey {
-            addr: dsn.addr(),
+            addr: dsn.addr().into(),
             pid: key.0,
             secret: key.1,
         },
@@ -246,10 +247,10 @@ fn authenticate(
 /// Sends a CancelRequest for `key` on a fresh connection, as PostgreSQL expects.
 pub async fn cancel(key: &CancelKey) -> Result<(), ServerError> {
     let mut stream =
-        TcpStream::connect(&key.addr)
+        TcpStream::connect(&*key.addr)
             .await
             .map_err(|source| ServerError::Connect {
-                addr: key.addr.clone(),
+                addr: key.addr.to_string(),
                 source,
             })?;
     let mut out = BytesMut::new();

@@ -18,7 +18,7 @@ pub struct ClientInfo {
     pub application_name: String,
     pub connected_at: SystemTime,
     /// The backend and server connection this client is attached to right now.
-    pub attached: Mutex<Option<(String, CancelKey)>>,
+    pub attached: Mutex<Option<(Arc<str>, CancelKey)>>,
 }
 
 #[derive(Default)]
@@ -110,9 +110,9 @@ impl ClientInfo {
         self.secret
     }
 
-    pub fn attach(&self, backend: &str, key: &CancelKey) {
+    pub fn attach(&self, backend: &Arc<str>, key: &CancelKey) {
         if let Ok(mut a) = self.attached.lock() {
-            *a = Some((backend.to_owned(), key.clone()));
+            *a = Some((backend.clone(), key.clone()));
         }
     }
 
@@ -126,6 +126,6 @@ impl ClientInfo {
         self.attached
             .lock()
             .ok()
-            .and_then(|a| a.as_ref().map(|(b, _)| b.clone()))
+            .and_then(|a| a.as_ref().map(|(b, _)| b.to_string()))
     }
 }

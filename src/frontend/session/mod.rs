@@ -191,8 +191,8 @@ impl Session {
         let Route::Backend(id) = router::route(&topology.map, first);
         let pool = topology.pool(id).clone();
         let mut server = pool.checkout().await.map_err(|e| match e {
-            PoolError::Timeout(_) => ClientError::PoolTimeout(pool.backend.clone()),
-            PoolError::Server(_) => ClientError::ServerUnavailable(pool.backend.clone()),
+            PoolError::Timeout(_) => ClientError::PoolTimeout(pool.backend.to_string()),
+            PoolError::Server(_) => ClientError::ServerUnavailable(pool.backend.to_string()),
         })?;
         server.idle = false;
         if server.params_fingerprint != self.params.fingerprint() {

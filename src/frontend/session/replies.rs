@@ -111,7 +111,7 @@ impl Session {
             return;
         };
         server.broken = true;
-        let backend = server.pool().backend.clone();
+        let backend = server.pool().backend.to_string();
         tracing::warn!(%backend, reason = reason.as_deref().unwrap_or("closed"), "server connection lost");
         metrics::counter!("pgshard_backend_errors_total", "backend" => backend.clone(), "kind" => "lost").increment(1);
         drop(server);
