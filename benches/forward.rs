@@ -1,16 +1,17 @@
 //! The per-message work pgshard does on the hot path, without sockets.
 //!
-//! `forward/*` replays a server's reply through the same loop as
-//! `Session::handle_server_input`: `next_frame`, `flush_synthetic`, `on_server`, copy
-//! the frame to the client's buffer when `reply.forward`. Throughput is server bytes
-//! handled per second. `statements/*` is the prepared-statement rewrite (once per
-//! Parse, once per Bind) and `params/*` the SET/RESET sniffing every query string goes
-//! through.
+//! `forward/*` replays a server's reply through the core of
+//! `Session::handle_server_input` (`src/frontend/session/replies.rs`): `next_frame`,
+//! `flush_synthetic`, `on_server`, copy the frame to the client's buffer when
+//! `reply.forward`. Throughput is server bytes handled per second. `statements/new`
+//! runs once per named Parse, `statements/rewrite_bind` once per Bind of a named
+//! statement, and `params/*` is the SET/RESET sniffing every query string goes through.
 //!
 //! Run: `cargo bench --bench forward` (about 30 s) or add `-- --quick`.
 
 use std::collections::HashSet;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
@@ -18,7 +19,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 
 use pgshard::frontend::params;
 use pgshard::frontend::pipeline::{Expect, Pipeline, Req};
-use pgshard::frontend::statements::{rewrite_bind, Statement};
+use pgshard::frontend::statements::{rewrite_bind, Statement, Statements};
 use pgshard::protocol::messages::{begin, bind_names, finish, put_cstr};
 use pgshard::protocol::next_frame;
 
@@ -202,22 +203,31 @@ fn bench_statements(c: &mut Criterion) {
     group.bench_function("new", |b| {
         b.iter(|| Statement::new(black_box(SELECT_PARAM_SQL), black_box(types)))
     });
-    let statement = Statement::new(SELECT_PARAM_SQL, types);
-    let payload = bind_payload(b"P0_1", b"48217");
+    // Per Bind of a named statement, as `on_bind` does it: find the client's
+    // statement, check the server has it, rewrite the Bind to the global name.
+    let mut client_statements = Statements::default();
+    client_statements.insert(b"P_0", Arc::new(Statement::new(SELECT_PARAM_SQL, types)));
+    let mut server_prepared = HashSet::new();
+    let payload = bind_payload(b"P_0", b"48217");
     let mut out = BytesMut::with_capacity(256);
     group.throughput(Throughput::Bytes(payload.len() as u64 + 5));
     group.bench_function("rewrite_bind", |b| {
         b.iter(|| {
             out.clear();
             let payload = black_box(&payload[..]);
-            if let Some((portal, _name, rest_at)) = bind_names(payload) {
-                rewrite_bind(
-                    &mut out,
-                    portal,
-                    &statement.global_name,
-                    &payload[rest_at..],
-                );
-            }
+            let Some((portal, name, rest_at)) = bind_names(payload) else {
+                return 0;
+            };
+            let Some(statement) = client_statements.get(name).cloned() else {
+                return 0;
+            };
+            server_prepared.insert(statement.id);
+            rewrite_bind(
+                &mut out,
+                portal,
+                &statement.global_name,
+                &payload[rest_at..],
+            );
             black_box(out.len())
         })
     });

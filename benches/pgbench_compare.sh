@@ -1,0 +1,317 @@
+#!/usr/bin/env bash
+# pgbench through pgshard, PgBouncer and straight to PostgreSQL, interleaved.
+#
+# Starts `pgshard demo --backends 1` (one local PostgreSQL cluster plus the proxy), puts
+# our own PgBouncer (transaction mode) in front of the same cluster, loads pgbench data
+# once, then for each pgbench mode runs ROUNDS rounds A B C, C B A, A B C, ... where
+# A = direct PostgreSQL, B = pgshard, C = PgBouncer, and prints median tps and ratios.
+# Everything it starts is stopped at exit. See benches/README.md.
+#
+# Environment (defaults in brackets):
+#   DURATION [10]  seconds per pgbench run      ROUNDS [3]   rounds per mode
+#   CLIENTS [16]   pgbench -c                   THREADS [2]  pgbench -j
+#   SCALE [2]      pgbench -i -s                POOL_SIZE [20] pgshard and PgBouncer pool
+#   PROXY_PORT [6510], BOUNCER_PORT [6511]: first port tried; the next free one is used
+#   PG_BIN [/usr/lib/postgresql/15/bin]     LOG_DIR: keep every run's output there
+#   SKIP_BUILD=1: use the existing target/release/pgshard
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+CLIENTS=${CLIENTS:-16}
+THREADS=${THREADS:-2}
+SCALE=${SCALE:-2}
+POOL_SIZE=${POOL_SIZE:-20}
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+LOG_DIR=${LOG_DIR:-}
+# Waits, in tenths of a second.
+READY_WAIT=1200
+STOP_WAIT=600
+# A pgbench run that outlives DURATION by this much is killed and counted as failed.
+RUN_GRACE_S=60
+PG_OS_USER=postgres
+DB_USER=pgshard
+DB_PASSWORD=pgshard
+DB_NAME=postgres
+READY_LINE="pgshard demo is ready"
+MODES=("-S" "-M prepared -S")
+TARGETS=(direct pgshard pgbouncer)
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PGSHARD=$ROOT/target/release/pgshard
+PGBENCH=$PG_BIN/pgbench
+export PGPASSWORD=$DB_PASSWORD PGCONNECT_TIMEOUT=10
+
+WORK=""
+DEMO_PID=""
+BOUNCER_PID=""
+RUN_TPS=0
+FAILURES=()
+declare -A TPS=() FAILED=()
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Waits up to $2 tenths of a second for process $1 to end; true if it did.
+wait_gone() {
+    local pid=$1 i
+    for ((i = 0; i < $2; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    ! kill -0 "$pid" 2>/dev/null
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    if [[ -z $BOUNCER_PID && -n $WORK && -s $WORK/bouncer/pgbouncer.pid ]]; then
+        BOUNCER_PID=$(cat "$WORK/bouncer/pgbouncer.pid")
+    fi
+    if [[ -n $BOUNCER_PID ]] && kill -0 "$BOUNCER_PID" 2>/dev/null; then
+        kill -TERM "$BOUNCER_PID"
+        wait_gone "$BOUNCER_PID" "$STOP_WAIT" || kill -KILL "$BOUNCER_PID"
+    fi
+    if [[ -n $DEMO_PID ]] && kill -0 "$DEMO_PID" 2>/dev/null; then
+        # The demo stops its PostgreSQL clusters on SIGTERM.
+        kill -TERM "$DEMO_PID"
+        if ! wait_gone "$DEMO_PID" "$STOP_WAIT"; then
+            log "pgshard demo did not stop; killing it"
+            kill -KILL "$DEMO_PID"
+        fi
+        wait "$DEMO_PID" 2>/dev/null
+    fi
+    # Clusters left behind by a demo that died or was killed.
+    if [[ -n $WORK ]]; then
+        local pidfile
+        for pidfile in "$WORK"/demo/*/postmaster.pid; do
+            [[ -e $pidfile ]] || continue
+            log "stopping leftover cluster $(dirname "$pidfile")"
+            runuser -u "$PG_OS_USER" -- "$PG_BIN/pg_ctl" -D "$(dirname "$pidfile")" \
+                -m fast -w stop >/dev/null
+        done
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port_in_use() {
+    if command -v ss >/dev/null; then
+        ss -Htln "sport = :$1" | grep -q .
+    else
+        (: <"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    fi
+}
+
+# First free TCP port at or after $1 (skipping $2, already handed out).
+free_port() {
+    local port=$1
+    while port_in_use "$port" || [[ $port == "${2:-}" ]]; do
+        port=$((port + 1))
+    done
+    echo "$port"
+}
+
+ensure_pgbouncer() {
+    command -v pgbouncer >/dev/null && return 0
+    log "installing pgbouncer"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y pgbouncer >/dev/null ||
+        { apt-get update >/dev/null && apt-get install -y pgbouncer >/dev/null; } ||
+        die "could not install pgbouncer"
+}
+
+start_demo() {
+    log "starting pgshard demo on 127.0.0.1:$PROXY_PORT"
+    : >"$WORK/demo.log"
+    NO_COLOR=1 "$PGSHARD" demo --backends 1 --port "$PROXY_PORT" --http-port 0 \
+        --pool-size "$POOL_SIZE" --dir "$WORK/demo" >"$WORK/demo.log" 2>&1 &
+    DEMO_PID=$!
+    local i
+    for ((i = 0; i < READY_WAIT; i++)); do
+        grep -qF "$READY_LINE" "$WORK/demo.log" && break
+        if ! kill -0 "$DEMO_PID" 2>/dev/null; then
+            cat "$WORK/demo.log" >&2
+            die "pgshard demo exited before it was ready"
+        fi
+        sleep 0.1
+    done
+    grep -qF "$READY_LINE" "$WORK/demo.log" || {
+        cat "$WORK/demo.log" >&2
+        die "pgshard demo not ready after $((READY_WAIT / 10)) s"
+    }
+    BACKEND_PORT=$(sed -n 's|^primary = "postgresql://[^@]*@127\.0\.0\.1:\([0-9]*\)/.*|\1|p' \
+        "$WORK/demo/shardmap.toml" | head -n1)
+    [[ -n $BACKEND_PORT ]] || die "no backend port in $WORK/demo/shardmap.toml"
+    log "backend PostgreSQL on 127.0.0.1:$BACKEND_PORT"
+}
+
+start_pgbouncer() {
+    local dir=$WORK/bouncer
+    mkdir -p "$dir"
+    printf '"%s" "%s"\n' "$DB_USER" "$DB_PASSWORD" >"$dir/userlist.txt"
+    cat >"$dir/pgbouncer.ini" <<EOF
+[databases]
+$DB_NAME = host=127.0.0.1 port=$BACKEND_PORT dbname=$DB_NAME
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir = $dir
+pidfile = $dir/pgbouncer.pid
+logfile = $dir/pgbouncer.log
+auth_type = scram-sha-256
+auth_file = $dir/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL_SIZE
+max_client_conn = 100
+ignore_startup_parameters = extra_float_digits,options
+EOF
+    chmod 600 "$dir/userlist.txt"
+    chown -R "$PG_OS_USER:" "$dir"
+    log "starting pgbouncer $(pgbouncer --version | head -n1) on 127.0.0.1:$BOUNCER_PORT"
+    # -d: pgbouncer daemonizes; the daemon, not this process, writes the pid file.
+    runuser -u "$PG_OS_USER" -- pgbouncer -d "$dir/pgbouncer.ini" ||
+        { cat "$dir/pgbouncer.log" >&2; die "pgbouncer did not start"; }
+    # runuser returns when the parent exits, possibly before the pid file exists.
+    local i
+    for ((i = 0; i < READY_WAIT; i++)); do
+        [[ -s $dir/pgbouncer.pid ]] && break
+        sleep 0.1
+    done
+    BOUNCER_PID=$(cat "$dir/pgbouncer.pid")
+    "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$BOUNCER_PORT" -t 10 ||
+        { cat "$dir/pgbouncer.log" >&2; die "pgbouncer is not accepting connections"; }
+}
+
+port_of() {
+    case $1 in
+    direct) echo "$BACKEND_PORT" ;;
+    pgshard) echo "$PROXY_PORT" ;;
+    pgbouncer) echo "$BOUNCER_PORT" ;;
+    esac
+}
+
+# One pgbench run; sets RUN_TPS (0 when it failed, and FAILURES says why).
+run_pgbench() {
+    local mode=$1 target=$2 round=$3 out rc=0 tps failed
+    local -a args
+    read -r -a args <<<"$mode"
+    out=$WORK/runs/$(tr -c 'a-zA-Z0-9\n' _ <<<"$mode")-$target-$round.log
+    timeout $((DURATION + RUN_GRACE_S)) "$PGBENCH" -h 127.0.0.1 -p "$(port_of "$target")" \
+        -U "$DB_USER" -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -n "${args[@]}" "$DB_NAME" \
+        >"$out" 2>&1 || rc=$?
+    tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$out" | head -n1)
+    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out" | head -n1)
+    if ((rc != 0)) || [[ -z $tps ]] || [[ -n $failed && $failed != 0 ]]; then
+        local why
+        why=$(grep -m1 -E 'ERROR|FATAL|error|aborted|failed' "$out" || true)
+        ((rc == 124)) && why="timed out after $((DURATION + RUN_GRACE_S)) s"
+        FAILURES+=("[$mode] $target round $round: exit $rc, failed tx ${failed:-?}: ${why:-no tps}")
+        FAILED[$mode,$target]=$((${FAILED[$mode,$target]:-0} + 1))
+        RUN_TPS=0
+        return
+    fi
+    RUN_TPS=$(printf '%.0f' "$tps")
+}
+
+median() {
+    tr ' ' '\n' <<<"$1" | grep . | sort -g |
+        awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# a/b to two decimals; n/a when either side failed (median 0).
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+report() {
+    local mode target line
+    local -A med
+    echo
+    echo "pgbench -c $CLIENTS -j $THREADS -T $DURATION, scale $SCALE, $ROUNDS round(s), pool size" \
+        "$POOL_SIZE, pgshard $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')," \
+        "$(nproc) CPUs"
+    printf '%-16s %11s %11s %11s %15s %17s %18s\n' mode direct pgshard pgbouncer \
+        pgshard/direct pgbouncer/direct pgshard/pgbouncer
+    for mode in "${MODES[@]}"; do
+        line=$(printf '%-16s' "$mode")
+        for target in "${TARGETS[@]}"; do
+            med[$target]=$(median "${TPS[$mode,$target]}")
+            local cell
+            cell=$(printf '%.0f' "${med[$target]}")
+            [[ -n ${FAILED[$mode,$target]:-} ]] && cell="$cell(${FAILED[$mode,$target]}F)"
+            line+=$(printf ' %11s' "$cell")
+        done
+        line+=$(printf ' %15s %17s %18s' "$(ratio "${med[pgshard]}" "${med[direct]}")" \
+            "$(ratio "${med[pgbouncer]}" "${med[direct]}")" \
+            "$(ratio "${med[pgshard]}" "${med[pgbouncer]}")")
+        echo "$line"
+    done
+    echo "median tps over rounds (a failed run counts as 0; (nF): n runs failed); every run:"
+    for mode in "${MODES[@]}"; do
+        for target in "${TARGETS[@]}"; do
+            echo "  $mode $target: ${TPS[$mode,$target]}"
+        done
+    done
+    if ((${#FAILURES[@]})); then
+        echo "failed runs:"
+        printf '  %s\n' "${FAILURES[@]}"
+    fi
+    # pgshard's own complaints during the runs (client-visible errors show up above).
+    local warnings
+    warnings=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/demo.log" | grep -E '\b(WARN|ERROR)\b' || true)
+    if [[ -n $warnings ]]; then
+        echo "pgshard logged $(wc -l <<<"$warnings") warning/error line(s); first ones:"
+        head -n 5 <<<"$warnings" | sed 's/^/  /'
+    fi
+}
+
+main() {
+    [[ $EUID -eq 0 ]] || die "run as root (PgBouncer and PostgreSQL run as user $PG_OS_USER)"
+    [[ -x $PGBENCH ]] || die "no pgbench at $PGBENCH (set PG_BIN)"
+    if [[ -z ${SKIP_BUILD:-} ]]; then
+        log "building pgshard (release)"
+        (cd "$ROOT" && cargo build --release --quiet)
+    fi
+    [[ -x $PGSHARD ]] || die "no $PGSHARD"
+    ensure_pgbouncer
+
+    WORK=$(mktemp -d /tmp/pgshard-bench.XXXXXX)
+    # The demo hands $WORK/demo to the postgres user, who must be able to reach it.
+    chmod 755 "$WORK"
+    mkdir "$WORK/runs"
+    PROXY_PORT=$(free_port "${PROXY_PORT:-6510}")
+    BOUNCER_PORT=$(free_port "${BOUNCER_PORT:-6511}" "$PROXY_PORT")
+    start_demo
+    start_pgbouncer
+
+    log "pgbench -i -s $SCALE on the backend"
+    "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$BACKEND_PORT" -U "$DB_USER" "$DB_NAME" \
+        >"$WORK/init.log" 2>&1 || { cat "$WORK/init.log" >&2; die "pgbench -i failed"; }
+
+    local mode round target
+    for mode in "${MODES[@]}"; do
+        for ((round = 1; round <= ROUNDS; round++)); do
+            local -a order=("${TARGETS[@]}")
+            # Odd rounds A B C, even rounds C B A: drift hits every target alike.
+            ((round % 2 == 0)) && order=(pgbouncer pgshard direct)
+            for target in "${order[@]}"; do
+                run_pgbench "$mode" "$target" "$round"
+                log "  [$mode] round $round $target: $RUN_TPS tps"
+                TPS[$mode,$target]+="$RUN_TPS "
+            done
+        done
+    done
+    report
+    if [[ -n $LOG_DIR ]]; then
+        mkdir -p "$LOG_DIR"
+        cp -r "$WORK/runs" "$WORK/init.log" "$WORK/demo.log" "$WORK/bouncer/pgbouncer.log" \
+            "$LOG_DIR/"
+        log "logs kept in $LOG_DIR"
+    fi
+}
+
+main "$@"
