@@ -201,12 +201,15 @@ fn bench_statements(c: &mut Criterion) {
     // libpq's PQprepare with nParams = 1 and no types: one unspecified (0) type.
     let types: &[u8] = b"\0\x01\0\0\0\0";
     group.bench_function("new", |b| {
-        b.iter(|| Statement::new(black_box(SELECT_PARAM_SQL), black_box(types)))
+        b.iter(|| Statement::new(black_box(SELECT_PARAM_SQL), black_box(types), Vec::new()))
     });
     // Per Bind of a named statement, as `on_bind` does it: find the client's
     // statement, check the server has it, rewrite the Bind to the global name.
     let mut client_statements = Statements::default();
-    client_statements.insert(b"P_0", Arc::new(Statement::new(SELECT_PARAM_SQL, types)));
+    client_statements.insert(
+        b"P_0",
+        Arc::new(Statement::new(SELECT_PARAM_SQL, types, Vec::new())),
+    );
     let mut server_prepared = HashSet::new();
     let payload = bind_payload(b"P_0", b"48217");
     let mut out = BytesMut::with_capacity(256);

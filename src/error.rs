@@ -32,6 +32,8 @@ pub enum ClientError {
     AdminSyntax(String),
     #[error("the proxy is shutting down")]
     ShuttingDown,
+    #[error("could not restore this session's parameters on a server connection ({0}); they were reset to their defaults")]
+    SessionRestore(String),
 }
 
 impl ClientError {
@@ -47,6 +49,7 @@ impl ClientError {
             ClientError::Unsupported(_) => "0A000",
             ClientError::AdminSyntax(_) => "42601",
             ClientError::ShuttingDown => "57P01",
+            ClientError::SessionRestore(_) => "55000",
         }
     }
 
@@ -65,6 +68,7 @@ impl ClientError {
             ClientError::Unsupported(_) => "unsupported",
             ClientError::AdminSyntax(_) => "admin_syntax",
             ClientError::ShuttingDown => "shutting_down",
+            ClientError::SessionRestore(_) => "session_restore",
         }
     }
 

@@ -33,5 +33,7 @@ pub const KNOWN_STATEMENTS_MAX: usize = 100_000;
 pub const CLIENT_PARAMS_MAX: usize = 256;
 /// Initial capacity of per-connection read and write buffers.
 pub const BUFFER_BYTES_INITIAL: usize = 16 * 1024;
+/// Server bytes read ahead while the proxy is still writing to that server.
+pub const SERVER_READ_AHEAD_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Buffered bytes per direction before the proxy writes out (bounds memory per client).
 pub const BUFFER_BYTES_FLUSH: usize = 256 * 1024;

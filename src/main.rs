@@ -82,10 +82,17 @@ fn main() -> anyhow::Result<()> {
 /// The tokio runtime. `PGSHARD_WORKERS=1` runs everything on one thread, like
 /// PgBouncer; any other number sets the worker threads (default: one per core).
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let workers: Option<usize> = std::env::var("PGSHARD_WORKERS").ok().and_then(|v| v.parse().ok());
+    let workers: Option<usize> = std::env::var("PGSHARD_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     match workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        Some(n) if n > 1 => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) if n > 1 => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
         _ => tokio::runtime::Runtime::new(),
     }
 }

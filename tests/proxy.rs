@@ -277,3 +277,31 @@ async fn metrics_are_served_over_http() {
     let shards = common::http_get(demo.http, "/api/shards").await;
     assert!(shards.contains("\"vshards\":\"1000\""), "{shards}");
 }
+
+#[tokio::test]
+async fn large_copy_whose_rows_raise_notices_completes() {
+    let client = proxy_client(shared()).await;
+    client
+        .batch_execute(
+            "DROP TABLE IF EXISTS noisy; CREATE TABLE noisy (id int, pad text);
+             CREATE OR REPLACE FUNCTION noisy_row() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RAISE NOTICE 'row % with a notice long enough to fill buffers quickly', NEW.id; RETURN NEW; END $$;
+             CREATE TRIGGER noisy_row BEFORE INSERT ON noisy FOR EACH ROW EXECUTE FUNCTION noisy_row();",
+        )
+        .await
+        .unwrap();
+    let rows = 100_000;
+    let data: String = (0..rows)
+        .map(|i| format!("{i}\t{}\n", "x".repeat(40)))
+        .collect();
+    let copy = async {
+        let sink = client.copy_in("COPY noisy FROM STDIN").await.unwrap();
+        let mut sink = Box::pin(sink);
+        sink.send(bytes::Bytes::from(data)).await.unwrap();
+        sink.as_mut().finish().await.unwrap()
+    };
+    let copied = tokio::time::timeout(Duration::from_secs(60), copy)
+        .await
+        .expect("COPY finished");
+    assert_eq!(copied, rows);
+}

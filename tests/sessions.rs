@@ -179,3 +179,144 @@ async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
         .unwrap()
         .get(0)
 }
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut payload = format!("{name}\0{sql}\0").into_bytes();
+    payload.extend_from_slice(&[0, 0]);
+    common::message(b'P', &payload)
+}
+
+fn bind_execute_sync(statement: &str) -> Vec<u8> {
+    let mut payload = format!("\0{statement}\0").into_bytes();
+    payload.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // no formats, no parameters, no result formats
+    let mut out = common::message(b'B', &payload);
+    out.extend(common::message(b'E', b"\0\0\0\0\0"));
+    out.extend(common::message(b'S', b""));
+    out
+}
+
+#[tokio::test]
+async fn unnamed_statement_follows_its_client_across_server_connections() {
+    let demo = shared();
+    let users = "pool_size = 1\n[[users]]\nname = \"app\"\nauth = \"trust\"\n";
+    let proxy = start_proxy(demo, "unnamed", users);
+    let mut a = common::RawClient::login(proxy.addr, "app").await;
+    let mut b = common::RawClient::login(proxy.addr, "app").await;
+    a.send(&[parse("", "SELECT 42"), common::message(b'S', b"")].concat())
+        .await;
+    a.until_ready().await;
+    // B replaces the unnamed statement on the one server connection.
+    b.send(&[parse("", "SELECT 7"), common::message(b'S', b"")].concat())
+        .await;
+    b.until_ready().await;
+    a.send(&bind_execute_sync("")).await;
+    assert_eq!(
+        common::first_value(&a.until_ready().await).as_deref(),
+        Some("42")
+    );
+    b.send(&bind_execute_sync("")).await;
+    assert_eq!(
+        common::first_value(&b.until_ready().await).as_deref(),
+        Some("7")
+    );
+}
+
+#[tokio::test]
+async fn special_set_forms_and_set_config_do_not_leak() {
+    let demo = shared();
+    let users = "pool_size = 1\n[[users]]\nname = \"app\"\nauth = \"trust\"\n";
+    let proxy = start_proxy(demo, "set-forms", users);
+    let a = connect(proxy.addr, "app", "", common::DATABASE)
+        .await
+        .unwrap();
+    let b = connect(proxy.addr, "app", "", common::DATABASE)
+        .await
+        .unwrap();
+    let default_zone = show(&b, "TimeZone").await;
+    let default_path = show(&b, "search_path").await;
+    a.batch_execute("SET TIME ZONE 'Pacific/Auckland'")
+        .await
+        .unwrap();
+    assert_eq!(show(&a, "TimeZone").await, "Pacific/Auckland");
+    assert_eq!(show(&b, "TimeZone").await, default_zone);
+    assert_eq!(show(&a, "TimeZone").await, "Pacific/Auckland");
+    a.batch_execute("SET SCHEMA 'pg_catalog'").await.unwrap();
+    assert_eq!(show(&b, "search_path").await, default_path);
+    assert_eq!(show(&a, "search_path").await, "pg_catalog");
+    // set_config cannot be replayed: it is dropped after its transaction, and
+    // never seen by anyone else.
+    a.batch_execute("SELECT set_config('work_mem', '7MB', false)")
+        .await
+        .unwrap();
+    assert_ne!(show(&b, "work_mem").await, "7MB");
+}
+
+#[tokio::test]
+async fn parameters_a_server_refuses_are_reported_and_reset() {
+    let demo = shared();
+    let users = "pool_size = 1\n[[users]]\nname = \"app\"\nauth = \"trust\"\n";
+    let proxy = start_proxy(demo, "bad-params", users);
+    let conn = format!(
+        "host=127.0.0.1 port={} user=app dbname=postgres options='-c work_mem=lots'",
+        proxy.addr.port()
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let err = client.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&err), Some("55000"), "{err:?}");
+    // The client goes on with default settings.
+    assert_eq!(
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+}
+
+#[tokio::test]
+async fn failed_discard_all_keeps_prepared_statements_working() {
+    let demo = shared();
+    let users = "pool_size = 1\n[[users]]\nname = \"app\"\nauth = \"trust\"\n";
+    let proxy = start_proxy(demo, "discard", users);
+    let client = connect(proxy.addr, "app", "", common::DATABASE)
+        .await
+        .unwrap();
+    let statement = client.prepare("SELECT $1::int4 * 2").await.unwrap();
+    assert_eq!(
+        client
+            .query_one(&statement, &[&21i32])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        42
+    );
+    // DISCARD ALL cannot run in a transaction: nothing is discarded.
+    let err = client
+        .batch_execute("BEGIN; DISCARD ALL")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some("25001"), "{err:?}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        client
+            .query_one(&statement, &[&4i32])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        8
+    );
+    // A DISCARD ALL that runs drops the server's statements; they come back on use.
+    client.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(
+        client
+            .query_one(&statement, &[&5i32])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        10
+    );
+}

@@ -14,10 +14,16 @@ pub enum ParamChange {
     Set(String, String),
     Reset(String),
     ResetAll,
-    /// `DISCARD ALL`: parameters reset and server-side prepared statements dropped.
+    /// `DISCARD ALL`: parameters reset (the server's prepared statements are dropped
+    /// too; the session sees that from the CommandComplete).
     DiscardAll,
-    /// `DEALLOCATE ALL`: server-side prepared statements dropped; parameters stay.
-    DeallocateAll,
+    /// A session-level change the proxy cannot replay (`set_config(.., false)`,
+    /// `SET SESSION CHARACTERISTICS`, an unparsed SET): the server must be reset
+    /// before anyone else uses it, and the client loses it after its transaction.
+    Untracked,
+    /// `SET SESSION AUTHORIZATION`: not undone by `RESET ALL`; the server connection
+    /// is discarded after the transaction.
+    Unresettable,
 }
 
 /// The parameters a client wants on top of the server's defaults.
@@ -64,7 +70,7 @@ impl ClientParams {
                 self.values.remove(name);
             }
             ParamChange::ResetAll | ParamChange::DiscardAll => self.values.clear(),
-            ParamChange::DeallocateAll => {}
+            ParamChange::Untracked | ParamChange::Unresettable => {}
         }
         self.refresh();
     }
@@ -88,7 +94,8 @@ impl ClientParams {
 
     /// The statement that turns any server connection into this client's session.
     pub fn sync_sql(&self) -> String {
-        let mut sql = String::from("RESET ALL");
+        // RESET ALL leaves the role alone.
+        let mut sql = String::from("RESET ROLE; RESET ALL");
         for (name, value) in &self.values {
             sql.push_str(&format!("; SET {name} TO {value}"));
         }
@@ -127,16 +134,21 @@ fn parse_options(options: &str) -> Vec<(String, String)> {
 
 /// The parameter changes a simple-query string makes, statement by statement.
 pub fn changes(sql: &str) -> Vec<ParamChange> {
-    split_statements(sql).filter_map(statement_change).collect()
+    let mut out: Vec<ParamChange> = split_statements(sql).filter_map(statement_change).collect();
+    let calls_set_config = sql
+        .as_bytes()
+        .windows(10)
+        .any(|w| w.eq_ignore_ascii_case(b"set_config"));
+    if calls_set_config {
+        out.push(ParamChange::Untracked);
+    }
+    out
 }
 
 /// Cheap check before the full parse: could this SQL change session parameters?
 pub fn may_change(sql: &[u8]) -> bool {
-    sql.windows(3).any(|w| {
-        w.eq_ignore_ascii_case(b"set")
-            || w.eq_ignore_ascii_case(b"dis")
-            || w.eq_ignore_ascii_case(b"dea")
-    })
+    sql.windows(3)
+        .any(|w| w.eq_ignore_ascii_case(b"set") || w.eq_ignore_ascii_case(b"dis"))
 }
 
 fn statement_change(stmt: &str) -> Option<ParamChange> {
@@ -144,28 +156,53 @@ fn statement_change(stmt: &str) -> Option<ParamChange> {
     let words: Vec<&str> = stmt.split_whitespace().collect();
     let upper = |i: usize| words.get(i).map(|w| w.to_ascii_uppercase());
     match upper(0)?.as_str() {
-        "SET" => {
-            let mut i = 1;
-            match upper(1).as_deref() {
-                Some("LOCAL" | "TRANSACTION" | "CONSTRAINTS") => return None,
-                Some("SESSION") if upper(2).as_deref() == Some("CHARACTERISTICS") => return None,
-                Some("SESSION") => i = 2,
-                _ => {}
-            }
-            set_change(stmt, words.get(i)?)
-        }
+        "SET" => set_statement(stmt, &words),
         "RESET" => match upper(1)?.as_str() {
             "ALL" => Some(ParamChange::ResetAll),
+            "SESSION" => Some(ParamChange::Unresettable),
             _ => Some(ParamChange::Reset(words.get(1)?.to_ascii_lowercase())),
         },
         "DISCARD" if upper(1).as_deref() == Some("ALL") => Some(ParamChange::DiscardAll),
-        "DEALLOCATE" => {
-            let all = upper(1).as_deref() == Some("ALL")
-                || (upper(1).as_deref() == Some("PREPARE") && upper(2).as_deref() == Some("ALL"));
-            all.then_some(ParamChange::DeallocateAll)
-        }
         _ => None,
     }
+}
+
+/// A statement starting with SET: the special forms, then `SET [SESSION] name ...`.
+fn set_statement(stmt: &str, words: &[&str]) -> Option<ParamChange> {
+    let upper = |i: usize| words.get(i).map(|w| w.to_ascii_uppercase());
+    let value = |n: usize| rest_after_words(stmt, n);
+    let set_or_reset = |name: &str, v: &str, resets: &[&str]| {
+        if v.is_empty() || resets.iter().any(|r| v.eq_ignore_ascii_case(r)) {
+            ParamChange::Reset(name.into())
+        } else {
+            ParamChange::Set(name.into(), v.into())
+        }
+    };
+    let (first, second) = (upper(1), upper(2));
+    Some(match (first.as_deref(), second.as_deref()) {
+        (Some("LOCAL" | "TRANSACTION" | "CONSTRAINTS"), _) => return None,
+        (Some("SESSION"), Some("CHARACTERISTICS")) => ParamChange::Untracked,
+        (Some("SESSION"), Some("AUTHORIZATION")) => ParamChange::Unresettable,
+        (Some("TIME"), Some("ZONE")) => set_or_reset("timezone", value(3), &["LOCAL", "DEFAULT"]),
+        (Some("SCHEMA"), _) => set_or_reset("search_path", value(2), &[]),
+        (Some("NAMES"), _) => set_or_reset("client_encoding", value(2), &["DEFAULT"]),
+        (Some("ROLE"), _) => set_or_reset("role", value(2), &["NONE"]),
+        (Some("SESSION"), Some(_)) => set_change(stmt, words[2]).unwrap_or(ParamChange::Untracked),
+        (Some(_), _) => set_change(stmt, words[1]).unwrap_or(ParamChange::Untracked),
+        (None, _) => return None,
+    })
+}
+
+/// The text after the first `n` words of `stmt`, trimmed.
+fn rest_after_words(stmt: &str, n: usize) -> &str {
+    let mut rest = stmt.trim_start();
+    for _ in 0..n {
+        rest = rest
+            .split_once(char::is_whitespace)
+            .map_or("", |(_, r)| r)
+            .trim_start();
+    }
+    rest.trim_end()
 }
 
 /// `name TO value` / `name = value` / `name=value`, starting at the word `first`.
@@ -284,19 +321,15 @@ mod tests {
         check("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", vec![]);
         check(
             "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
-            vec![],
+            vec![Untracked],
         );
         check("RESET work_mem", vec![Reset("work_mem".into())]);
         check("reset all", vec![ResetAll]);
         check("DISCARD ALL", vec![DiscardAll]);
-        check(
-            "DEALLOCATE ALL; DEALLOCATE PREPARE all; DEALLOCATE s1",
-            vec![DeallocateAll, DeallocateAll],
-        );
         check("SELECT 'SET x = 1; '", vec![]);
         check("SELECT 1; -- SET x = 1;\nSET y TO 2", vec![set("y", "2")]);
         check("SET", vec![]);
-        check("SET x", vec![]);
+        check("SET x", vec![Untracked]);
     }
 
     #[test]
@@ -305,10 +338,10 @@ mod tests {
         assert_eq!(p.fingerprint(), 0);
         p.apply(&Set("work_mem".into(), "'8MB'".into()));
         assert_ne!(p.fingerprint(), 0);
-        assert_eq!(p.sync_sql(), "RESET ALL; SET work_mem TO '8MB'");
+        assert_eq!(p.sync_sql(), "RESET ROLE; RESET ALL; SET work_mem TO '8MB'");
         p.apply(&Reset("work_mem".into()));
         assert_eq!(p.fingerprint(), 0);
-        assert_eq!(p.sync_sql(), "RESET ALL");
+        assert_eq!(p.sync_sql(), "RESET ROLE; RESET ALL");
     }
 
     #[test]

@@ -43,11 +43,9 @@ impl Req {
 #[derive(Debug)]
 pub enum Expect {
     Forward(Req),
-    /// A Parse the proxy sent so a statement exists on this server; its
-    /// ParseComplete is dropped.
-    InjectedParse(u64),
-    /// The proxy's own simple query; every reply through ReadyForQuery is dropped.
-    Internal,
+    /// A Parse the proxy sent so a statement exists on this server (the id of a named
+    /// statement; `None` for the client's unnamed one); its ParseComplete is dropped.
+    InjectedParse(Option<u64>),
     /// A reply the proxy made up, sent once everything before it is answered.
     Synthetic(Bytes),
 }
@@ -60,10 +58,6 @@ pub struct Reply {
     pub ready: Option<u8>,
     /// An ErrorResponse to a client request.
     pub error: bool,
-    /// An ErrorResponse to the proxy's own query.
-    pub internal_error: bool,
-    /// A client's named Parse that failed: the client must forget that statement.
-    pub failed_statement: Option<u64>,
     /// A named statement a server accepted.
     pub parsed: Option<u64>,
 }
@@ -77,6 +71,9 @@ pub struct Pipeline {
     pub unsynced: bool,
     /// Transaction status from the last ReadyForQuery.
     pub tx_status: u8,
+    /// Named statements of the client whose Parse failed or was skipped: the client
+    /// must forget them, as PostgreSQL never created them. Drained by the session.
+    pub unparsed: Vec<u64>,
 }
 
 impl Default for Pipeline {
@@ -86,6 +83,7 @@ impl Default for Pipeline {
             skip_until_sync: false,
             unsynced: false,
             tx_status: b'I',
+            unparsed: Vec::new(),
         }
     }
 }
@@ -124,39 +122,27 @@ impl Pipeline {
     pub fn on_server(&mut self, frame: &[u8], prepared: &mut HashSet<u64>) -> Reply {
         let tag = frame[0];
         let status = || frame.get(5).copied();
-        if matches!(tag, b'N' | b'A' | b'S') {
-            let internal = matches!(self.queue.front(), Some(Expect::Internal));
-            return Reply {
-                forward: !internal,
-                ..Reply::default()
-            };
-        }
         let forward = Reply {
             forward: true,
             ..Reply::default()
         };
+        if matches!(tag, b'N' | b'A' | b'S') {
+            return forward;
+        }
         match self.queue.front() {
             None | Some(Expect::Synthetic(_)) => forward,
-            Some(Expect::Internal) => {
-                if tag == b'Z' {
-                    self.queue.pop_front();
-                    self.tx_status = status().unwrap_or(b'I');
-                }
-                Reply {
-                    internal_error: tag == b'E',
-                    ..Reply::default()
-                }
-            }
             Some(&Expect::InjectedParse(id)) => match tag {
                 b'1' => {
                     self.queue.pop_front();
                     Reply {
-                        parsed: Some(id),
+                        parsed: id,
                         ..Reply::default()
                     }
                 }
                 b'E' => {
-                    prepared.remove(&id);
+                    if let Some(id) = id {
+                        prepared.remove(&id);
+                    }
                     self.fail(prepared);
                     Reply {
                         error: true,
@@ -168,13 +154,8 @@ impl Pipeline {
             Some(&Expect::Forward(req)) => {
                 if tag == b'E' && !req.ends_at_ready() {
                     self.fail(prepared);
-                    let failed_statement = match req {
-                        Req::Parse(Some(id)) => Some(id),
-                        _ => None,
-                    };
                     return Reply {
                         error: true,
-                        failed_statement,
                         ..forward
                     };
                 }
@@ -223,8 +204,12 @@ impl Pipeline {
                 return;
             }
             match self.queue.pop_front() {
-                Some(Expect::InjectedParse(id)) | Some(Expect::Forward(Req::Parse(Some(id)))) => {
+                Some(Expect::InjectedParse(Some(id))) => {
                     prepared.remove(&id);
+                }
+                Some(Expect::Forward(Req::Parse(Some(id)))) => {
+                    prepared.remove(&id);
+                    self.unparsed.push(id);
                 }
                 _ => {}
             }
@@ -277,7 +262,7 @@ mod tests {
         let mut prepared = HashSet::from([7]);
         // Client: Parse(already on server) Bind Execute Sync; proxy answers the Parse.
         p.push(Expect::Synthetic(Bytes::from(msg(b'1', b""))));
-        p.push(Expect::InjectedParse(8));
+        p.push(Expect::InjectedParse(Some(8)));
         p.push(Expect::Forward(Req::Bind));
         p.push(Expect::Forward(Req::Execute));
         p.push(Expect::Forward(Req::Sync));
@@ -297,7 +282,7 @@ mod tests {
         let mut p = Pipeline::default();
         let mut prepared = HashSet::from([1, 2]);
         p.push(Expect::Forward(Req::Bind));
-        p.push(Expect::InjectedParse(2));
+        p.push(Expect::InjectedParse(Some(2)));
         p.push(Expect::Synthetic(Bytes::from(msg(b'3', b""))));
         p.push(Expect::Forward(Req::Execute));
         p.push(Expect::Forward(Req::Sync));
@@ -315,26 +300,27 @@ mod tests {
         prepared.insert(5);
         let reply = p.on_server(&msg(b'E', b"\0"), &mut prepared);
         assert!(reply.forward && reply.error);
-        assert_eq!(reply.failed_statement, Some(5));
+        assert_eq!(p.unparsed, vec![5]);
         assert!(p.skip_until_sync);
         assert!(prepared.is_empty());
     }
 
     #[test]
-    fn internal_query_is_invisible() {
+    fn injected_unnamed_parse_is_hidden_and_notices_pass() {
         let mut p = Pipeline::default();
         let mut prepared = HashSet::new();
-        p.push(Expect::Internal);
-        p.push(Expect::Forward(Req::Query));
+        p.push(Expect::InjectedParse(None));
+        p.push(Expect::Forward(Req::Bind));
+        p.push(Expect::Forward(Req::Execute));
+        p.push(Expect::Forward(Req::Sync));
         let server = [
-            &msg(b'S', b"a\0b\0")[..],
-            &msg(b'C', b"SET\0"),
-            &msg(b'Z', b"I"),
-            &msg(b'T', b"\0\0"),
+            &msg(b'1', b"")[..],
+            &msg(b'N', b"\0"),
+            &msg(b'2', b""),
             &msg(b'C', b"SELECT 0\0"),
             &msg(b'Z', b"T"),
         ];
-        assert_eq!(run(&mut p, &mut prepared, &server), "TCZ");
+        assert_eq!(run(&mut p, &mut prepared, &server), "N2CZ");
         assert_eq!(p.tx_status, b'T');
         assert!(!p.is_idle());
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::params::ParamChange;
 use crate::protocol::messages::{self, put_cstr};
 
 /// A client's prepared statement.
@@ -20,11 +21,13 @@ pub struct Statement {
     /// The Parse message, rewritten to the global name, ready to send.
     pub parse: Bytes,
     pub query: Bytes,
+    /// The session-parameter changes running it makes (tracked at each Bind).
+    pub changes: Vec<ParamChange>,
 }
 
 impl Statement {
     /// From a Parse payload's query and parameter-type section.
-    pub fn new(query: &[u8], types: &[u8]) -> Statement {
+    pub fn new(query: &[u8], types: &[u8], changes: Vec<ParamChange>) -> Statement {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         query.hash(&mut h);
         types.hash(&mut h);
@@ -41,6 +44,7 @@ impl Statement {
             global_name,
             parse: parse.freeze(),
             query: Bytes::copy_from_slice(query),
+            changes,
         }
     }
 }
@@ -133,9 +137,9 @@ mod tests {
 
     #[test]
     fn same_text_same_global_name() {
-        let a = Statement::new(b"select $1", b"\0\x01\0\0\0\x17");
-        let b = Statement::new(b"select $1", b"\0\x01\0\0\0\x17");
-        let c = Statement::new(b"select $1", b"\0\0");
+        let a = Statement::new(b"select $1", b"\0\x01\0\0\0\x17", vec![]);
+        let b = Statement::new(b"select $1", b"\0\x01\0\0\0\x17", vec![]);
+        let c = Statement::new(b"select $1", b"\0\0", vec![]);
         assert_eq!(a.global_name, b.global_name);
         assert_ne!(a.global_name, c.global_name);
         let info = next_frame(&a.parse).unwrap().unwrap();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Session, CLOSE_COMPLETE, PARSE_COMPLETE};
+use super::{Session, Unnamed, CLOSE_COMPLETE, PARSE_COMPLETE};
 use crate::error::ClientError;
 use crate::frontend::pipeline::{Expect, Req};
 use crate::frontend::statements::{self, Statement};
@@ -24,11 +24,18 @@ impl Session {
         self.pipeline.skip_until_sync = true;
     }
 
-    pub(super) fn on_parse(&mut self, frame: &[u8]) -> Result<(), ClientError> {
+    pub(super) fn on_parse(&mut self, frame: &Bytes) -> Result<(), ClientError> {
         let malformed = || ClientError::Protocol("malformed Parse message".into());
         let (name, query, types) = messages::parse_message(&frame[5..]).ok_or_else(malformed)?;
-        self.track_params(query);
         if name.is_empty() {
+            // Kept so that a Bind in a later transaction, on another server
+            // connection, still finds it (see `ensure_unnamed`).
+            let changes = self.param_changes(query);
+            self.unnamed = Some(Unnamed {
+                parse: frame.clone(),
+                changes,
+            });
+            self.unnamed_here = true;
             self.forward(frame, Req::Parse(None));
             return Ok(());
         }
@@ -43,7 +50,7 @@ impl Session {
             ));
             return Ok(());
         }
-        let statement = Arc::new(Statement::new(query, types));
+        let statement = Arc::new(Statement::new(query, types, self.param_changes(query)));
         self.statements.insert(name, statement.clone());
         let Some(server) = self.server.as_mut() else {
             return Ok(());
@@ -73,11 +80,10 @@ impl Session {
         {
             return Ok(false);
         }
-        let statement = Statement::new(query, types);
+        let statement = Statement::new(query, types, self.param_changes(query));
         if !self.app.known_statements.contains(statement.id) {
             return Ok(false);
         }
-        self.track_params(query);
         self.statements.insert(name, Arc::new(statement));
         self.pipeline
             .push(Expect::Synthetic(Bytes::from_static(PARSE_COMPLETE)));
@@ -91,7 +97,21 @@ impl Session {
         };
         if server.prepared.insert(statement.id) {
             self.swbuf.extend_from_slice(&statement.parse);
-            self.pipeline.push(Expect::InjectedParse(statement.id));
+            self.pipeline
+                .push(Expect::InjectedParse(Some(statement.id)));
+        }
+    }
+
+    /// Makes sure the server has the client's unnamed statement: it may have been
+    /// parsed in an earlier transaction, on another server connection.
+    fn ensure_unnamed(&mut self) {
+        if self.unnamed_here || self.server.is_none() {
+            return;
+        }
+        if let Some(unnamed) = &self.unnamed {
+            self.swbuf.extend_from_slice(&unnamed.parse);
+            self.pipeline.push(Expect::InjectedParse(None));
+            self.unnamed_here = true;
         }
     }
 
@@ -99,6 +119,11 @@ impl Session {
         let malformed = || ClientError::Protocol("malformed Bind message".into());
         let (portal, name, rest_at) = messages::bind_names(payload).ok_or_else(malformed)?;
         if name.is_empty() {
+            self.ensure_unnamed();
+            if let Some(unnamed) = &self.unnamed {
+                let changes = unnamed.changes.clone();
+                self.track_params(changes);
+            }
             let at = messages::begin(&mut self.swbuf, b'B');
             self.swbuf.extend_from_slice(payload);
             messages::finish(&mut self.swbuf, at);
@@ -111,6 +136,7 @@ impl Session {
             return Ok(());
         };
         self.ensure_prepared(&statement);
+        self.track_params(statement.changes.iter().cloned());
         statements::rewrite_bind(
             &mut self.swbuf,
             portal,
@@ -133,6 +159,10 @@ impl Session {
                 self.ensure_prepared(&statement);
                 statements::rewrite_describe(&mut self.swbuf, &statement.global_name);
                 self.push(Req::Describe);
+            }
+            (b'S', _) => {
+                self.ensure_unnamed();
+                self.forward(frame, Req::Describe);
             }
             _ => self.forward(frame, Req::Describe),
         }

@@ -18,6 +18,7 @@ use super::pipeline::{Expect, Pipeline, Req};
 use super::statements::Statements;
 use crate::app::App;
 use crate::backend::pool::{Guard, PoolError};
+use crate::backend::server::ServerError;
 use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::limits;
@@ -39,9 +40,18 @@ pub struct Session {
     /// Parameter changes sent but not yet known to have taken effect.
     pending: Vec<ParamChange>,
     pending_failed: bool,
+    /// The client's last unnamed Parse, and whether the attached server has it.
+    unnamed: Option<Unnamed>,
+    unnamed_here: bool,
     request_started: Option<Instant>,
     /// A server lost while the client sat in a transaction; reported at its next request.
     lost: Option<String>,
+}
+
+/// A client's unnamed statement: its Parse message as sent, and what it changes.
+struct Unnamed {
+    parse: Bytes,
+    changes: Vec<ParamChange>,
 }
 
 enum Event {
@@ -68,6 +78,8 @@ impl Session {
             params,
             pending: Vec::new(),
             pending_failed: false,
+            unnamed: None,
+            unnamed_here: false,
             request_started: None,
             lost: None,
         }
@@ -90,6 +102,10 @@ impl Session {
             }
             self.pipeline.flush_synthetic(&mut self.conn.wbuf);
             self.write_server().await;
+            if self.server.as_ref().is_some_and(|s| !s.rbuf.is_empty()) {
+                // Replies read while writing.
+                self.handle_server_input().await?;
+            }
             self.conn.flush().await?;
             self.maybe_release();
             match self.wait().await {
@@ -175,14 +191,18 @@ impl Session {
         Ok(false)
     }
 
-    /// Answers a message that needed a server when none could be had.
+    /// Answers a message that needed a server when none could be had, after any
+    /// reply the proxy already owes. Query and FunctionCall end with ReadyForQuery;
+    /// an extended batch is skipped up to its Sync.
     fn refuse(&mut self, tag: u8, e: ClientError) {
-        Stats::client_error(e.kind());
-        e.write(&mut self.conn.wbuf);
-        if tag == b'Q' {
-            messages::ready_for_query(&mut self.conn.wbuf, b'I');
+        if matches!(tag, b'Q' | b'F') {
+            Stats::client_error(e.kind());
+            let mut buf = BytesMut::new();
+            e.write(&mut buf);
+            messages::ready_for_query(&mut buf, b'I');
+            self.pipeline.push(Expect::Synthetic(buf.freeze()));
         } else {
-            self.pipeline.skip_until_sync = true;
+            self.synthetic_error(e);
         }
     }
 
@@ -196,14 +216,34 @@ impl Session {
         })?;
         server.idle = false;
         if server.params_fingerprint != self.params.fingerprint() {
-            messages::query(&mut self.swbuf, &self.params.sync_sql());
-            self.pipeline.push(Expect::Internal);
-            server.params_fingerprint = self.params.fingerprint();
+            self.restore_params(&mut server).await?;
         }
         self.pipeline.tx_status = b'I';
+        self.unnamed_here = false;
         self.info.attach(&pool.backend, &server.cancel);
         self.server = Some(server);
         Ok(())
+    }
+
+    /// Gives the server this client's session parameters (one round trip, only when
+    /// the server carries other settings). If the server refuses them, the server is
+    /// discarded (the failed statement rolled back its RESET ALL too) and the client
+    /// is told, and its settings go back to the defaults so it is not stuck.
+    async fn restore_params(&mut self, server: &mut Guard) -> Result<(), ClientError> {
+        let sql = self.params.sync_sql();
+        let result = tokio::time::timeout(limits::SERVER_CONNECT_TIMEOUT, server.execute(&sql));
+        let reason = match result.await {
+            Ok(Ok(())) => {
+                server.params_fingerprint = self.params.fingerprint();
+                return Ok(());
+            }
+            Ok(Err(ServerError::Server(fields))) => fields.message,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".into(),
+        };
+        server.broken = true;
+        self.params = ClientParams::default();
+        Err(ClientError::SessionRestore(reason))
     }
 
     fn maybe_release(&mut self) {
@@ -236,7 +276,8 @@ impl Session {
         let payload = &frame[5..];
         match tag {
             b'Q' => {
-                self.track_params(payload);
+                let changes = self.param_changes(payload);
+                self.track_params(changes);
                 self.app.stats.queries_simple.increment(1);
                 self.forward(frame, Req::Query);
             }
@@ -291,24 +332,34 @@ impl Session {
         }
     }
 
-    /// Notes SET/RESET/DISCARD so the session's parameters follow the client.
-    fn track_params(&mut self, sql: &[u8]) {
+    /// The session-parameter changes `sql` makes (usually none, found cheaply).
+    fn param_changes(&self, sql: &[u8]) -> Vec<ParamChange> {
         if !params::may_change(sql) {
-            return;
+            return Vec::new();
         }
-        let Ok(sql) = std::str::from_utf8(sql.strip_suffix(b"\0").unwrap_or(sql)) else {
-            return;
-        };
-        for change in params::changes(sql) {
-            if matches!(change, ParamChange::DiscardAll | ParamChange::DeallocateAll) {
+        match std::str::from_utf8(sql.strip_suffix(b"\0").unwrap_or(sql)) {
+            Ok(sql) => params::changes(sql),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Notes what a statement about to run changes in the session, so the client's
+    /// parameters follow it. A change the proxy cannot replay makes the server dirty:
+    /// it gets `RESET ALL` before anyone else uses it.
+    fn track_params(&mut self, changes: impl IntoIterator<Item = ParamChange>) {
+        for change in changes {
+            if change == ParamChange::Untracked {
                 if let Some(server) = self.server.as_mut() {
-                    server.prepared.clear();
+                    server.params_fingerprint = DIRTY;
                 }
+                continue;
             }
             self.pending.push(change);
         }
     }
 }
 
+/// A fingerprint no client has: the server's settings are unknown.
+const DIRTY: u64 = u64::MAX;
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";

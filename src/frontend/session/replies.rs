@@ -2,7 +2,7 @@
 //! bookkeeping, a lost server, and cleanup when the client leaves.
 
 use bytes::Buf;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Session;
 use crate::error::ClientError;
@@ -37,23 +37,27 @@ impl Session {
                 return Ok(());
             }
             let reply = self.pipeline.on_server(frame, &mut server.prepared);
-            tracing::trace!(tag = %(info.tag as char), ?reply, "server message");
             if reply.forward && !unsolicited {
                 self.conn.wbuf.extend_from_slice(frame);
             }
-            if !self.pending.is_empty() {
-                self.pending_failed |=
-                    reply.error || (info.tag == b'C' && frame[5..].starts_with(b"ROLLBACK"));
+            if info.tag == b'C' {
+                let tag = &frame[5..];
+                if tag.starts_with(b"DISCARD ALL") || tag.starts_with(b"DEALLOCATE ALL") {
+                    // The server dropped every prepared statement, ours included.
+                    server.prepared.clear();
+                }
+                if !self.pending.is_empty() && tag.starts_with(b"ROLLBACK") {
+                    self.pending_failed = true;
+                }
             }
-            if reply.internal_error {
-                tracing::warn!("restoring a client's session parameters failed; will retry");
-                server.params_fingerprint = u64::MAX;
+            if reply.error && !self.pending.is_empty() {
+                self.pending_failed = true;
             }
             server.rbuf.advance(info.len);
             if let Some(status) = reply.ready {
                 self.on_ready(status);
             }
-            if let Some(id) = reply.failed_statement {
+            for id in std::mem::take(&mut self.pipeline.unparsed) {
                 self.statements.forget(id);
             }
             if let Some(id) = reply.parsed {
@@ -74,14 +78,25 @@ impl Session {
                     .record(started.elapsed().as_secs_f64());
             }
         }
-        if status != b'I' || self.pending.is_empty() {
+        // Changes are settled when the last request carrying them is answered and no
+        // transaction is open (a rollback undoes SET, as in PostgreSQL).
+        if status != b'I' || self.pending.is_empty() || self.pipeline.pending_ready() > 0 {
             return;
         }
-        if !self.pending_failed {
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        if self.pending_failed {
+            // Which of the changes took effect is unknown: keep the client's settings
+            // as they were and reset the server before its next use.
+            server.params_fingerprint = super::DIRTY;
+        } else {
+            let dirty = server.params_fingerprint == super::DIRTY;
             for change in self.pending.drain(..) {
+                server.broken |= change == super::ParamChange::Unresettable;
                 self.params.apply(&change);
             }
-            if let Some(server) = self.server.as_mut() {
+            if !dirty {
                 server.params_fingerprint = self.params.fingerprint();
             }
         }
@@ -93,15 +108,42 @@ impl Session {
         if self.swbuf.is_empty() {
             return;
         }
-        let Some(server) = self.server.as_mut() else {
+        let Some(guard) = self.server.as_mut() else {
             self.swbuf.clear();
             return;
         };
-        let result = server.stream.write_all(&self.swbuf).await;
-        self.swbuf.clear();
-        if let Err(e) = result {
-            self.server_lost(Some(e.to_string()));
+        let server = &mut **guard;
+        // Usually the whole batch fits in the socket buffer at once.
+        let mut written = match server.stream.try_write(&self.swbuf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => return self.write_failed(e),
+        };
+        // Otherwise keep reading while writing: PostgreSQL stops reading while its
+        // own output is blocked, so a proxy that only wrote could deadlock with it
+        // (a large COPY whose rows raise notices, a pipeline of large results).
+        let (mut reader, mut writer) = server.stream.split();
+        while written < self.swbuf.len() {
+            let room = server.rbuf.len() < limits::SERVER_READ_AHEAD_BYTES_MAX;
+            tokio::select! {
+                r = writer.write(&self.swbuf[written..]) => match r {
+                    Ok(0) => return self.write_failed(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) => written += n,
+                    Err(e) => return self.write_failed(e),
+                },
+                r = reader.read_buf(&mut server.rbuf), if room => match r {
+                    Ok(0) => return self.write_failed(std::io::ErrorKind::UnexpectedEof.into()),
+                    Ok(_) => {}
+                    Err(e) => return self.write_failed(e),
+                },
+            }
         }
+        self.swbuf.clear();
+    }
+
+    fn write_failed(&mut self, e: std::io::Error) {
+        self.swbuf.clear();
+        self.server_lost(Some(e.to_string()));
     }
 
     /// The server connection failed: discard it, tell the client, and answer every
