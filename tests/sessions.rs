@@ -9,6 +9,16 @@ fn shared() -> &'static Demo {
     demo(1, 4)
 }
 
+/// A proxy with one server connection: every client runs on the very same backend
+/// session, so anything that leaked would show.
+const ONE_SERVER: &str = "pool_size = 1\n[[users]]\nname = \"app\"\nauth = \"trust\"\n";
+
+async fn app_client(proxy: &common::Proxy) -> tokio_postgres::Client {
+    connect(proxy.addr, "app", "", common::DATABASE)
+        .await
+        .expect("connect as app")
+}
+
 fn code(err: &tokio_postgres::Error) -> Option<&str> {
     err.code().map(|c| c.code())
 }
@@ -105,15 +115,9 @@ fn md5_digest(data: &[u8]) -> u128 {
 #[tokio::test]
 async fn session_parameters_never_leak_between_clients() {
     let demo = shared();
-    // One server connection: every client runs on the very same backend session.
-    let users = "pool_size = 1\n[[users]]\nname = \"app\"\nauth = \"trust\"\n";
-    let proxy = start_proxy(demo, "one-server", users);
-    let a = connect(proxy.addr, "app", "", common::DATABASE)
-        .await
-        .unwrap();
-    let b = connect(proxy.addr, "app", "", common::DATABASE)
-        .await
-        .unwrap();
+    let proxy = start_proxy(demo, "one-server", ONE_SERVER);
+    let a = app_client(&proxy).await;
+    let b = app_client(&proxy).await;
     let default_timeout = show(&b, "statement_timeout").await;
     let default_work_mem = show(&b, "work_mem").await;
     a.batch_execute("SET statement_timeout = '1234ms'")
@@ -158,13 +162,9 @@ async fn session_pooling_keeps_one_server_per_client() {
     let users =
         "pool_mode = \"session\"\npool_size = 2\n[[users]]\nname = \"app\"\nauth = \"trust\"\n";
     let proxy = start_proxy(demo, "session-mode", users);
-    let a = connect(proxy.addr, "app", "", common::DATABASE)
-        .await
-        .unwrap();
+    let a = app_client(&proxy).await;
     let first = backend_pid(&a).await;
-    let b = connect(proxy.addr, "app", "", common::DATABASE)
-        .await
-        .unwrap();
+    let b = app_client(&proxy).await;
     let other = backend_pid(&b).await;
     assert_ne!(first, other);
     for _ in 0..5 {
@@ -198,8 +198,7 @@ fn bind_execute_sync(statement: &str) -> Vec<u8> {
 #[tokio::test]
 async fn unnamed_statement_follows_its_client_across_server_connections() {
     let demo = shared();
-    let users = "pool_size = 1\n[[users]]\nname = \"app\"\nauth = \"trust\"\n";
-    let proxy = start_proxy(demo, "unnamed", users);
+    let proxy = start_proxy(demo, "unnamed", ONE_SERVER);
     let mut a = common::RawClient::login(proxy.addr, "app").await;
     let mut b = common::RawClient::login(proxy.addr, "app").await;
     a.send(&[parse("", "SELECT 42"), common::message(b'S', b"")].concat())
@@ -224,14 +223,9 @@ async fn unnamed_statement_follows_its_client_across_server_connections() {
 #[tokio::test]
 async fn special_set_forms_and_set_config_do_not_leak() {
     let demo = shared();
-    let users = "pool_size = 1\n[[users]]\nname = \"app\"\nauth = \"trust\"\n";
-    let proxy = start_proxy(demo, "set-forms", users);
-    let a = connect(proxy.addr, "app", "", common::DATABASE)
-        .await
-        .unwrap();
-    let b = connect(proxy.addr, "app", "", common::DATABASE)
-        .await
-        .unwrap();
+    let proxy = start_proxy(demo, "set-forms", ONE_SERVER);
+    let a = app_client(&proxy).await;
+    let b = app_client(&proxy).await;
     let default_zone = show(&b, "TimeZone").await;
     let default_path = show(&b, "search_path").await;
     a.batch_execute("SET TIME ZONE 'Pacific/Auckland'")
@@ -254,8 +248,7 @@ async fn special_set_forms_and_set_config_do_not_leak() {
 #[tokio::test]
 async fn parameters_a_server_refuses_are_reported_and_reset() {
     let demo = shared();
-    let users = "pool_size = 1\n[[users]]\nname = \"app\"\nauth = \"trust\"\n";
-    let proxy = start_proxy(demo, "bad-params", users);
+    let proxy = start_proxy(demo, "bad-params", ONE_SERVER);
     let conn = format!(
         "host=127.0.0.1 port={} user=app dbname=postgres options='-c work_mem=lots'",
         proxy.addr.port()
@@ -280,11 +273,8 @@ async fn parameters_a_server_refuses_are_reported_and_reset() {
 #[tokio::test]
 async fn failed_discard_all_keeps_prepared_statements_working() {
     let demo = shared();
-    let users = "pool_size = 1\n[[users]]\nname = \"app\"\nauth = \"trust\"\n";
-    let proxy = start_proxy(demo, "discard", users);
-    let client = connect(proxy.addr, "app", "", common::DATABASE)
-        .await
-        .unwrap();
+    let proxy = start_proxy(demo, "discard", ONE_SERVER);
+    let client = app_client(&proxy).await;
     let statement = client.prepare("SELECT $1::int4 * 2").await.unwrap();
     assert_eq!(
         client
