@@ -310,3 +310,51 @@ async fn failed_discard_all_keeps_prepared_statements_working() {
         10
     );
 }
+
+/// The proxy logs in to backends with md5 and with trust too, not only SCRAM.
+#[tokio::test]
+async fn proxy_logs_in_to_backends_with_md5_and_trust() {
+    let demo = shared();
+    let admin = common::backend_client(demo, 0).await;
+    admin
+        .batch_execute(
+            "DROP ROLE IF EXISTS md5_user; DROP ROLE IF EXISTS trust_user;
+             SET password_encryption = 'md5';
+             CREATE ROLE md5_user LOGIN PASSWORD 'md5-pw';
+             CREATE ROLE trust_user LOGIN;",
+        )
+        .await
+        .unwrap();
+    // pg_hba.conf is read top down: these lines win for these two users only.
+    let hba = demo.dir.join("b0").join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    let lines = "host all md5_user 127.0.0.1/32 md5\nhost all trust_user 127.0.0.1/32 trust\n";
+    std::fs::write(&hba, format!("{lines}{old}")).unwrap();
+    admin
+        .query_one("SELECT pg_reload_conf()", &[])
+        .await
+        .unwrap();
+    let row = admin
+        .query_one("SELECT count(*) FROM pg_hba_file_rules WHERE 'md5_user' = ANY(user_name) AND auth_method = 'md5'", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1, "pg_hba.conf reloaded");
+    let port = demo.backends[0].1;
+    for (user, dsn_user) in [
+        ("md5_user", "md5_user:md5-pw"),
+        ("trust_user", "trust_user"),
+    ] {
+        let map = format!(
+            "version = 1\ndefault_backend = \"b0\"\n[[backends]]\nname = \"b0\"\n\
+             primary = \"postgresql://{dsn_user}@127.0.0.1:{port}/postgres\"\n[assign]\n\"0-999\" = \"b0\"\n"
+        );
+        let proxy = common::start_proxy_with_map(&format!("backend-{user}"), &map, ONE_SERVER);
+        let client = app_client(&proxy).await;
+        let who: String = client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(who, user);
+    }
+}

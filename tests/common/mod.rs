@@ -186,13 +186,17 @@ impl Drop for Proxy {
 /// Starts a proxy over the demo's backends with `extra` config lines (users, pool
 /// size, ...) appended to a minimal config.
 pub fn start_proxy(demo: &Demo, name: &str, extra: &str) -> Proxy {
+    let map = std::fs::read_to_string(demo.dir.join("shardmap.toml")).expect("read shard map");
+    start_proxy_with_map(name, &map, extra)
+}
+
+/// Starts a proxy with a shard map of the test's own.
+pub fn start_proxy_with_map(name: &str, map: &str, extra: &str) -> Proxy {
     let dir =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("proxy-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("proxy dir");
-    let config = format!(
-        "listen = \"127.0.0.1:0\"\nshard_map = \"{}\"\n{extra}",
-        demo.dir.join("shardmap.toml").display()
-    );
+    std::fs::write(dir.join("shardmap.toml"), map).expect("write shard map");
+    let config = format!("listen = \"127.0.0.1:0\"\nshard_map = \"shardmap.toml\"\n{extra}");
     let path = dir.join("pgshard.toml");
     std::fs::write(&path, config).expect("write config");
     let log = log_path(name);
