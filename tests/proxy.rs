@@ -278,6 +278,10 @@ async fn metrics_are_served_over_http() {
     assert!(shards.contains("\"vshards\":\"1000\""), "{shards}");
 }
 
+/// A big COPY whose rows each raise a NOTICE: server output flows while the proxy
+/// writes COPY data. FIXME: this passes with a write-only proxy too (the driver sends
+/// COPY data in chunks, so the proxy reads in between); it guards the path but does
+/// not reproduce the write/write deadlock that `write_server` avoids.
 #[tokio::test]
 async fn large_copy_whose_rows_raise_notices_completes() {
     let client = proxy_client(shared()).await;
