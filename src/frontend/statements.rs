@@ -20,7 +20,6 @@ pub struct Statement {
     pub global_name: Vec<u8>,
     /// The Parse message, rewritten to the global name, ready to send.
     pub parse: Bytes,
-    pub query: Bytes,
     /// The session-parameter changes running it makes (tracked at each Bind).
     pub changes: Vec<ParamChange>,
 }
@@ -43,7 +42,6 @@ impl Statement {
             id,
             global_name,
             parse: parse.freeze(),
-            query: Bytes::copy_from_slice(query),
             changes,
         }
     }
