@@ -73,14 +73,7 @@ async fn still_serving(addr: SocketAddr) {
     let client = common::connect(addr, "t", "", common::DATABASE)
         .await
         .expect("proxy still accepts clients");
-    assert_eq!(
-        client
-            .query_one("SELECT 1", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        1
-    );
+    assert_eq!(common::one_i32(&client, "SELECT 1", &[]).await, 1);
 }
 
 async fn check(

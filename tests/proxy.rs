@@ -79,20 +79,10 @@ async fn statements_survive_failed_parse_and_close() {
         .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("42P01"));
     let ok = client.prepare("SELECT 5").await.unwrap();
-    assert_eq!(
-        client.query_one(&ok, &[]).await.unwrap().get::<_, i32>(0),
-        5
-    );
+    assert_eq!(common::one_i32(&client, &ok, &[]).await, 5);
     drop(ok); // tokio-postgres sends Close for the statement
     let again = client.prepare("SELECT 5").await.unwrap();
-    assert_eq!(
-        client
-            .query_one(&again, &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        5
-    );
+    assert_eq!(common::one_i32(&client, &again, &[]).await, 5);
 }
 
 #[tokio::test]
@@ -208,14 +198,7 @@ async fn broken_server_connection_is_replaced() {
     let row = victim.query_one("SELECT 2", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 2);
     let other = proxy_client(demo).await;
-    assert_eq!(
-        other
-            .query_one("SELECT 3", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        3
-    );
+    assert_eq!(common::one_i32(&other, "SELECT 3", &[]).await, 3);
 }
 
 #[tokio::test]

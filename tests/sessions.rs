@@ -83,14 +83,7 @@ async fn stored_md5_secret_verifies_logins() {
     let client = connect(proxy.addr, "carol", "carol-secret", common::DATABASE)
         .await
         .unwrap();
-    assert_eq!(
-        client
-            .query_one("SELECT 2", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        2
-    );
+    assert_eq!(common::one_i32(&client, "SELECT 2", &[]).await, 2);
     let err = connect(proxy.addr, "carol", "nope", common::DATABASE)
         .await
         .unwrap_err();
@@ -260,14 +253,7 @@ async fn parameters_a_server_refuses_are_reported_and_reset() {
     let err = client.simple_query("SELECT 1").await.unwrap_err();
     assert_eq!(code(&err), Some("55000"), "{err:?}");
     // The client goes on with default settings.
-    assert_eq!(
-        client
-            .query_one("SELECT 1", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        1
-    );
+    assert_eq!(common::one_i32(&client, "SELECT 1", &[]).await, 1);
 }
 
 #[tokio::test]
@@ -276,14 +262,7 @@ async fn failed_discard_all_keeps_prepared_statements_working() {
     let proxy = start_proxy(demo, "discard", ONE_SERVER);
     let client = app_client(&proxy).await;
     let statement = client.prepare("SELECT $1::int4 * 2").await.unwrap();
-    assert_eq!(
-        client
-            .query_one(&statement, &[&21i32])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        42
-    );
+    assert_eq!(common::one_i32(&client, &statement, &[&21i32]).await, 42);
     // DISCARD ALL cannot run in a transaction: nothing is discarded.
     let err = client
         .batch_execute("BEGIN; DISCARD ALL")
@@ -291,24 +270,10 @@ async fn failed_discard_all_keeps_prepared_statements_working() {
         .unwrap_err();
     assert_eq!(code(&err), Some("25001"), "{err:?}");
     client.batch_execute("ROLLBACK").await.unwrap();
-    assert_eq!(
-        client
-            .query_one(&statement, &[&4i32])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        8
-    );
+    assert_eq!(common::one_i32(&client, &statement, &[&4i32]).await, 8);
     // A DISCARD ALL that runs drops the server's statements; they come back on use.
     client.batch_execute("DISCARD ALL").await.unwrap();
-    assert_eq!(
-        client
-            .query_one(&statement, &[&5i32])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        10
-    );
+    assert_eq!(common::one_i32(&client, &statement, &[&5i32]).await, 10);
 }
 
 /// The proxy logs in to backends with md5 and with trust too, not only SCRAM.

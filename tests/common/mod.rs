@@ -383,3 +383,16 @@ pub fn first_value(replies: &[(u8, Vec<u8>)]) -> Option<String> {
     let len = i32::from_be_bytes([row[2], row[3], row[4], row[5]]);
     (len >= 0).then(|| String::from_utf8_lossy(&row[6..6 + len as usize]).into_owned())
 }
+
+/// Runs a query that returns one int4 value and returns it.
+pub async fn one_i32<T>(
+    client: &tokio_postgres::Client,
+    statement: &T,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> i32
+where
+    T: ?Sized + tokio_postgres::ToStatement,
+{
+    let row = client.query_one(statement, params).await.expect("query");
+    row.get(0)
+}
