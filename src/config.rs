@@ -70,6 +70,10 @@ struct RawConfig {
     pool_mode: PoolMode,
     #[serde(default = "default_pool_size")]
     pool_size: usize,
+    #[serde(default = "default_pipeline_connections")]
+    pipeline_connections: usize,
+    #[serde(default = "default_pipeline_depth")]
+    pipeline_depth: usize,
     #[serde(default = "default_checkout_timeout_ms")]
     checkout_timeout_ms: u64,
     #[serde(default = "default_startup_timeout_ms")]
@@ -83,6 +87,12 @@ fn default_database() -> String {
 }
 fn default_pool_size() -> usize {
     limits::POOL_SIZE_DEFAULT
+}
+fn default_pipeline_connections() -> usize {
+    limits::PIPELINE_CONNECTIONS_DEFAULT
+}
+fn default_pipeline_depth() -> usize {
+    limits::PIPELINE_DEPTH_DEFAULT
 }
 fn default_checkout_timeout_ms() -> u64 {
     limits::POOL_CHECKOUT_TIMEOUT.as_millis() as u64
@@ -104,6 +114,11 @@ pub struct Config {
     pub database: String,
     pub pool_mode: PoolMode,
     pub pool_size: usize,
+    /// Shared server connections per backend for self-contained requests (0: none;
+    /// at most half of `pool_size` is used).
+    pub pipeline_connections: usize,
+    /// Requests in flight at once on one shared server connection.
+    pub pipeline_depth: usize,
     pub checkout_timeout: Duration,
     /// How long a new client may take to log in.
     pub startup_timeout: Duration,
@@ -141,6 +156,11 @@ impl Config {
                 format!("must be 1..={max}, got {}", raw.pool_size),
             ));
         }
+        if raw.pipeline_depth == 0 || raw.pipeline_depth > limits::PIPELINE_DEPTH_MAX {
+            let max = limits::PIPELINE_DEPTH_MAX;
+            let msg = format!("must be 1..={max}, got {}", raw.pipeline_depth);
+            return Err(invalid("pipeline_depth", msg));
+        }
         if raw.checkout_timeout_ms == 0 {
             return Err(invalid("checkout_timeout_ms", "must be above 0".into()));
         }
@@ -160,6 +180,8 @@ impl Config {
             database: raw.database,
             pool_mode: raw.pool_mode,
             pool_size: raw.pool_size,
+            pipeline_connections: raw.pipeline_connections,
+            pipeline_depth: raw.pipeline_depth,
             checkout_timeout: Duration::from_millis(raw.checkout_timeout_ms),
             startup_timeout: Duration::from_millis(raw.startup_timeout_ms),
             users: raw.users,
@@ -235,6 +257,10 @@ mod tests {
         check(
             &format!("pool_size = 0\n{user}"),
             Err("pool_size: must be 1..=1000"),
+        );
+        check(
+            &format!("pipeline_depth = 0\n{user}"),
+            Err("pipeline_depth: must be 1..=256, got 0"),
         );
         check(
             &format!("database = \"pgshard\"\n{user}"),

@@ -37,3 +37,16 @@ pub const BUFFER_BYTES_INITIAL: usize = 16 * 1024;
 pub const SERVER_READ_AHEAD_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Buffered bytes per direction before the proxy writes out (bounds memory per client).
 pub const BUFFER_BYTES_FLUSH: usize = 256 * 1024;
+/// Default shared (pipelined) server connections per backend server.
+pub const PIPELINE_CONNECTIONS_DEFAULT: usize = 2;
+/// Default requests in flight at once on one shared server connection.
+pub const PIPELINE_DEPTH_DEFAULT: usize = 8;
+/// Largest pipeline depth a config may ask for.
+pub const PIPELINE_DEPTH_MAX: usize = 256;
+/// A shared server connection whose current request has run this long takes no new
+/// requests (they would wait behind it); they get a connection of their own.
+pub const MUX_STALL: Duration = Duration::from_millis(2);
+/// Reply chunks queued for one client of a shared connection before its driver waits.
+pub const MUX_REPLY_CHUNKS: usize = 4;
+/// Messages scanned for one extended batch that could run on a shared connection.
+pub const SHARED_BATCH_MESSAGES_MAX: usize = 16;

@@ -10,6 +10,8 @@ pub struct Stats {
     pub queries_simple: Counter,
     pub queries_extended: Counter,
     pub query_seconds: Histogram,
+    /// Requests served on a shared (pipelined) server connection.
+    pub shared_requests: Counter,
     pub prometheus: Option<PrometheusHandle>,
 }
 
@@ -34,6 +36,10 @@ impl Stats {
             "Time waited for a server connection"
         );
         metrics::describe_counter!(
+            "pgshard_shared_requests_total",
+            "Requests pipelined on a shared server connection"
+        );
+        metrics::describe_counter!(
             "pgshard_backend_errors_total",
             "Backend errors by backend and kind"
         );
@@ -46,6 +52,7 @@ impl Stats {
             queries_simple: metrics::counter!("pgshard_queries_total", "kind" => "simple"),
             queries_extended: metrics::counter!("pgshard_queries_total", "kind" => "extended"),
             query_seconds: metrics::histogram!("pgshard_query_duration_seconds"),
+            shared_requests: metrics::counter!("pgshard_shared_requests_total"),
             prometheus,
         }
     }

@@ -62,6 +62,7 @@ pub fn pools(app: &App) -> Table {
                 p.size.to_string(),
                 p.active().to_string(),
                 p.idle_count().to_string(),
+                p.shared_count().to_string(),
                 p.stats.waits.load(Relaxed).to_string(),
             ]
         })
@@ -75,6 +76,7 @@ pub fn pools(app: &App) -> Table {
             "pool_size",
             "active",
             "idle",
+            "shared",
             "waits",
         ],
         rows,
@@ -98,6 +100,7 @@ pub fn stats(app: &App) -> Table {
                 p.backend.to_string(),
                 s.transactions.load(Relaxed).to_string(),
                 s.queries.load(Relaxed).to_string(),
+                s.shared_requests.load(Relaxed).to_string(),
                 s.checkouts.load(Relaxed).to_string(),
                 waits.to_string(),
                 avg_wait.to_string(),
@@ -111,6 +114,7 @@ pub fn stats(app: &App) -> Table {
         "backend",
         "transactions",
         "queries",
+        "shared_requests",
         "checkouts",
         "waits",
         "avg_wait_us",

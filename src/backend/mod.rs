@@ -2,6 +2,7 @@
 //! pairs the shard map with one pool per backend.
 
 pub mod dsn;
+pub mod mux;
 pub mod pool;
 pub mod server;
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::dsn::Dsn;
+use super::mux::MuxConn;
 use super::server::{ServerConn, ServerError};
 use crate::limits;
 
@@ -30,6 +31,8 @@ pub struct PoolStats {
     pub discarded: AtomicU64,
     pub transactions: AtomicU64,
     pub queries: AtomicU64,
+    /// Requests run on a shared connection (counted in `transactions` too).
+    pub shared_requests: AtomicU64,
 }
 
 pub struct Pool {
@@ -44,6 +47,15 @@ pub struct Pool {
     /// ParameterStatus values of the first server connection, sent to clients at login.
     startup_params: OnceLock<Vec<(String, String)>>,
     pub stats: PoolStats,
+    shared: Mutex<Shared>,
+}
+
+/// The pool's shared (pipelined) server connections.
+#[derive(Default)]
+struct Shared {
+    conns: Vec<Arc<MuxConn>>,
+    /// Connections being opened.
+    starting: usize,
 }
 
 impl Pool {
@@ -64,6 +76,7 @@ impl Pool {
             idle: Mutex::new(Vec::with_capacity(size)),
             startup_params: OnceLock::new(),
             stats: PoolStats::default(),
+            shared: Mutex::new(Shared::default()),
         }
     }
 
@@ -146,6 +159,80 @@ impl Pool {
         }
     }
 
+    /// Shared server connections open now.
+    pub fn shared_count(&self) -> usize {
+        self.shared.lock().map(|s| s.conns.len()).unwrap_or(0)
+    }
+
+    /// A shared connection carrying the session parameters `fingerprint` that can
+    /// take one more request, opening one (of at most `max`, and never more than half
+    /// the pool) when none is idle. `None`: the caller uses a connection of its own.
+    /// `sync_sql` gives a new connection those parameters.
+    pub async fn shared(
+        self: &Arc<Self>,
+        fingerprint: u64,
+        max: usize,
+        depth: usize,
+        sync_sql: impl FnOnce() -> String,
+    ) -> Option<Arc<MuxConn>> {
+        let permit = {
+            let mut shared = self.shared.lock().ok()?;
+            shared.conns.retain(|c| {
+                // A connection holding too many statements is retired, as
+                // `give_back` does for the others.
+                if c.statement_count() > limits::SERVER_PREPARED_MAX {
+                    c.close();
+                }
+                c.is_alive()
+            });
+            let best = shared
+                .conns
+                .iter()
+                .filter(|c| c.fingerprint == fingerprint && c.accepts(depth))
+                .min_by_key(|c| c.inflight())
+                .cloned();
+            let room = shared.conns.len() + shared.starting < max.min(self.size / 2);
+            if best.as_ref().is_some_and(|c| c.inflight() == 0) || !room {
+                return best;
+            }
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                return best;
+            };
+            shared.starting += 1;
+            permit
+        };
+        let opened = self.open_shared(fingerprint, sync_sql, permit).await;
+        let mut shared = self.shared.lock().ok()?;
+        shared.starting -= 1;
+        let conn = opened?;
+        shared.conns.push(conn.clone());
+        Some(conn)
+    }
+
+    async fn open_shared(
+        &self,
+        fingerprint: u64,
+        sync_sql: impl FnOnce() -> String,
+        permit: OwnedSemaphorePermit,
+    ) -> Option<Arc<MuxConn>> {
+        let mut server = self.connect().await.ok()?;
+        if fingerprint != 0 {
+            let sql = sync_sql();
+            let sync = server.execute(&sql);
+            match tokio::time::timeout(limits::SERVER_CONNECT_TIMEOUT, sync).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
+        tracing::debug!(backend = %self.backend, "shared server connection opened");
+        Some(MuxConn::start(
+            server,
+            self.backend.clone(),
+            fingerprint,
+            permit,
+        ))
+    }
+
     fn pop_idle(&self) -> Option<ServerConn> {
         self.idle.lock().ok()?.pop()
     }
@@ -159,6 +246,16 @@ impl Pool {
         }
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(conn);
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Ok(shared) = self.shared.lock() {
+            for conn in &shared.conns {
+                conn.close();
+            }
         }
     }
 }

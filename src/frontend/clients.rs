@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use crate::backend::mux::MuxConn;
 use crate::backend::server::{self, CancelKey};
 
 pub struct ClientInfo {
@@ -17,8 +18,16 @@ pub struct ClientInfo {
     pub addr: SocketAddr,
     pub application_name: String,
     pub connected_at: SystemTime,
-    /// The backend and server connection this client is attached to right now.
-    pub attached: Mutex<Option<(Arc<str>, CancelKey)>>,
+    /// The server connection running this client's requests right now.
+    attached: Mutex<Option<Attached>>,
+}
+
+#[derive(Clone)]
+enum Attached {
+    /// A server connection of its own.
+    Own(Arc<str>, CancelKey),
+    /// Request `seq` on a shared connection, which runs other clients' requests too.
+    Shared(Arc<MuxConn>, u64),
 }
 
 #[derive(Default)]
@@ -83,7 +92,7 @@ impl ClientRegistry {
     /// Handles a CancelRequest: forwards it to the server the client is attached to.
     /// A wrong secret is ignored silently, as PostgreSQL does.
     pub async fn cancel(&self, pid: i32, secret: i32) {
-        let key = {
+        let attached = {
             let Ok(clients) = self.clients.lock() else {
                 return;
             };
@@ -97,10 +106,16 @@ impl ClientRegistry {
             let attached = info.attached.lock().ok().and_then(|a| a.clone());
             attached
         };
-        if let Some((backend, key)) = key {
-            if let Err(e) = server::cancel(&key).await {
-                tracing::warn!(%backend, error = %e, "forwarding a cancel request failed");
+        let (backend, key) = match attached {
+            Some(Attached::Own(backend, key)) => (backend, key),
+            // Only while the server runs this client's request, not a later one.
+            Some(Attached::Shared(conn, seq)) if conn.is_running(seq) => {
+                (conn.backend.clone(), conn.cancel.clone())
             }
+            _ => return,
+        };
+        if let Err(e) = server::cancel(&key).await {
+            tracing::warn!(%backend, error = %e, "forwarding a cancel request failed");
         }
     }
 }
@@ -112,7 +127,13 @@ impl ClientInfo {
 
     pub fn attach(&self, backend: &Arc<str>, key: &CancelKey) {
         if let Ok(mut a) = self.attached.lock() {
-            *a = Some((backend.clone(), key.clone()));
+            *a = Some(Attached::Own(backend.clone(), key.clone()));
+        }
+    }
+
+    pub fn attach_shared(&self, conn: &Arc<MuxConn>, seq: u64) {
+        if let Ok(mut a) = self.attached.lock() {
+            *a = Some(Attached::Shared(conn.clone(), seq));
         }
     }
 
@@ -123,9 +144,9 @@ impl ClientInfo {
     }
 
     pub fn backend(&self) -> Option<String> {
-        self.attached
-            .lock()
-            .ok()
-            .and_then(|a| a.as_ref().map(|(b, _)| b.to_string()))
+        self.attached.lock().ok().and_then(|a| match a.as_ref()? {
+            Attached::Own(backend, _) => Some(backend.to_string()),
+            Attached::Shared(conn, _) => Some(conn.backend.to_string()),
+        })
     }
 }

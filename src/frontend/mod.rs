@@ -7,6 +7,7 @@ pub mod conn;
 pub mod params;
 pub mod pipeline;
 pub mod session;
+pub mod shareable;
 pub mod startup;
 pub mod statements;
 

@@ -22,6 +22,8 @@ pub struct Statement {
     pub parse: Bytes,
     /// The session-parameter changes running it makes (tracked at each Bind).
     pub changes: Vec<ParamChange>,
+    /// It may run on a shared server connection (see `shareable`).
+    pub shareable: bool,
 }
 
 impl Statement {
@@ -42,6 +44,7 @@ impl Statement {
             id,
             global_name,
             parse: parse.freeze(),
+            shareable: changes.is_empty() && super::shareable::self_contained(query),
             changes,
         }
     }

@@ -4,6 +4,7 @@
 
 mod extended;
 mod replies;
+mod shared;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -147,6 +148,9 @@ impl Session {
     /// Terminate.
     async fn handle_client_input(&mut self) -> Result<bool, ConnError> {
         loop {
+            if self.try_shared().await? {
+                continue;
+            }
             let info = match next_frame(&self.conn.rbuf) {
                 Ok(Some(info)) => info,
                 Ok(None) => return Ok(true),
@@ -279,6 +283,7 @@ impl Session {
                 let changes = self.param_changes(payload);
                 self.track_params(changes);
                 self.app.stats.queries_simple.increment(1);
+                self.count_pool_query();
                 self.forward(frame, Req::Query);
             }
             b'P' => self.on_parse(frame)?,
@@ -286,6 +291,7 @@ impl Session {
             b'D' => self.on_describe(frame)?,
             b'E' => {
                 self.app.stats.queries_extended.increment(1);
+                self.count_pool_query();
                 self.forward(frame, Req::Execute);
             }
             b'C' => self.on_close(frame)?,
@@ -304,6 +310,13 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    fn count_pool_query(&self) {
+        if let Some(server) = &self.server {
+            let queries = &server.pool().stats.queries;
+            queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     fn forward(&mut self, frame: &[u8], req: Req) {

@@ -1,0 +1,284 @@
+//! Requests served on a shared server connection (see `backend::mux`). A client with
+//! no server connection of its own and no open transaction that sends a
+//! self-contained request (an autocommit statement, or an extended batch up to its
+//! Sync) has it pipelined with other clients' requests on one of a few shared
+//! connections, when one can take it. Anything else takes the usual path.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+
+use super::{Session, Unnamed};
+use crate::backend::mux::Ticket;
+use crate::config::PoolMode;
+use crate::error::ClientError;
+use crate::frontend::conn::ConnError;
+use crate::frontend::shareable::self_contained;
+use crate::frontend::statements::{self, Statements};
+use crate::limits;
+use crate::protocol::{messages, next_frame};
+use crate::router::{self, Route};
+use crate::stats::Stats;
+
+/// A self-contained request at the front of the client's buffer.
+struct Batch {
+    len: usize,
+    /// Where the batch's unnamed Parse sits, if it has one.
+    unnamed: Option<(usize, usize)>,
+}
+
+impl Session {
+    /// `Ok(true)`: the request at the front of the client's buffer was answered on a
+    /// shared connection. `Ok(false)`: nothing was taken from the buffer.
+    pub(super) async fn try_shared(&mut self) -> Result<bool, ConnError> {
+        let config = &self.app.config;
+        let (max, depth) = (config.pipeline_connections, config.pipeline_depth);
+        if max == 0 || config.pool_mode != PoolMode::Transaction || !self.may_share() {
+            return Ok(false);
+        }
+        let Some(batch) = self.shareable_batch() else {
+            return Ok(false);
+        };
+        let pool = {
+            let topology = self.app.topology.load();
+            let Route::Backend(id) = router::route(&topology.map, &self.conn.rbuf[..batch.len]);
+            topology.pool(id).clone()
+        };
+        let params = &self.params;
+        let shared = pool.shared(params.fingerprint(), max, depth, || params.sync_sql());
+        let Some(conn) = shared.await else {
+            return Ok(false);
+        };
+        let mut parses = VecDeque::new();
+        let frames = &self.conn.rbuf[..batch.len];
+        let statements = &self.statements;
+        let submitted =
+            conn.submit(|prepared, out| build(frames, statements, prepared, out, &mut parses));
+        let Some(ticket) = submitted else {
+            return Ok(false);
+        };
+        let frames = self.conn.rbuf.split_to(batch.len).freeze();
+        if let Some((from, to)) = batch.unnamed {
+            self.unnamed = Some(Unnamed {
+                parse: frames.slice(from..to),
+                changes: Vec::new(),
+            });
+            self.unnamed_here = false;
+        }
+        let queries = self.count_queries(&frames);
+        self.app.stats.shared_requests.increment(1);
+        pool.stats.queries.fetch_add(queries, Relaxed);
+        pool.stats.shared_requests.fetch_add(1, Relaxed);
+        let started = Instant::now();
+        self.pipeline.flush_synthetic(&mut self.conn.wbuf);
+        self.info.attach_shared(&ticket.conn, ticket.seq);
+        let result = self.forward_shared(ticket, parses).await;
+        self.info.detach();
+        self.app
+            .stats
+            .query_seconds
+            .record(started.elapsed().as_secs_f64());
+        pool.stats.transactions.fetch_add(1, Relaxed);
+        result.map(|()| true)
+    }
+
+    /// No server of its own, nothing owed by one, no transaction or batch open, and
+    /// the client's settings known to have taken effect.
+    fn may_share(&self) -> bool {
+        self.server.is_none()
+            && self.lost.is_none()
+            && self.pending.is_empty()
+            && !self.pipeline.skip_until_sync
+            && !self.pipeline.unsynced
+            && self.pipeline.tx_status == b'I'
+    }
+
+    /// A whole self-contained request at the front of the client's buffer: one
+    /// Query, or Parse (unnamed) / Bind / Describe / Execute messages up to a Sync,
+    /// each statement self-contained and changing no setting.
+    fn shareable_batch(&self) -> Option<Batch> {
+        let buf = &self.conn.rbuf[..];
+        let first = next_frame(buf).ok()??;
+        if first.tag == b'Q' {
+            let sql = &buf[5..first.len];
+            let ok = self_contained(sql) && self.param_changes(sql).is_empty();
+            return ok.then_some(Batch {
+                len: first.len,
+                unnamed: None,
+            });
+        }
+        let mut at = 0;
+        let mut unnamed = None;
+        let mut executes = false;
+        for _ in 0..limits::SHARED_BATCH_MESSAGES_MAX {
+            let info = next_frame(&buf[at..]).ok()??;
+            let payload = &buf[at + 5..at + info.len];
+            match info.tag {
+                b'P' => {
+                    let (name, query, _) = messages::parse_message(payload)?;
+                    let ok = name.is_empty()
+                        && self_contained(query)
+                        && self.param_changes(query).is_empty();
+                    if !ok {
+                        return None;
+                    }
+                    unnamed = Some((at, at + info.len));
+                }
+                b'B' => {
+                    let (_, name, _) = messages::bind_names(payload)?;
+                    if !self.shareable_statement(name, unnamed.is_some()) {
+                        return None;
+                    }
+                }
+                b'D' => match messages::target(payload)? {
+                    (b'S', name) if self.shareable_statement(name, unnamed.is_some()) => {}
+                    (b'P', _) => {}
+                    _ => return None,
+                },
+                b'E' => executes = true,
+                b'S' if executes => {
+                    return Some(Batch {
+                        len: at + info.len,
+                        unnamed,
+                    })
+                }
+                _ => return None,
+            }
+            at += info.len;
+        }
+        None
+    }
+
+    /// The unnamed statement only when the batch parses it itself.
+    fn shareable_statement(&self, name: &[u8], unnamed_in_batch: bool) -> bool {
+        if name.is_empty() {
+            return unnamed_in_batch;
+        }
+        self.statements.get(name).is_some_and(|s| s.shareable)
+    }
+
+    /// Counts the batch's queries in the metrics; returns how many there were.
+    fn count_queries(&self, frames: &[u8]) -> u64 {
+        let mut at = 0;
+        let mut queries = 0;
+        while let Ok(Some(info)) = next_frame(&frames[at..]) {
+            match info.tag {
+                b'Q' => self.app.stats.queries_simple.increment(1),
+                b'E' => self.app.stats.queries_extended.increment(1),
+                _ => {}
+            }
+            queries += u64::from(matches!(info.tag, b'Q' | b'E'));
+            at += info.len;
+        }
+        queries
+    }
+
+    /// Passes the request's replies to the client, without the replies to Parses the
+    /// proxy added. `parses` lists the batch's Parses in order: `Some(id)` for one
+    /// the proxy added, `None` for the client's own.
+    async fn forward_shared(
+        &mut self,
+        mut ticket: Ticket,
+        mut parses: VecDeque<Option<u64>>,
+    ) -> Result<(), ConnError> {
+        loop {
+            let room = self.conn.rbuf.len() < limits::BUFFER_BYTES_FLUSH;
+            let chunk = tokio::select! {
+                chunk = ticket.replies.recv() => chunk,
+                // Whatever the client sends meanwhile waits in the buffer; if it
+                // leaves, its request is cancelled so it holds up no one.
+                r = self.conn.stream.read_buf(&mut self.conn.rbuf), if room => {
+                    if matches!(r, Ok(n) if n > 0) {
+                        continue;
+                    }
+                    if ticket.conn.is_running(ticket.seq) {
+                        let key = ticket.conn.cancel.clone();
+                        tokio::spawn(async move {
+                            let _ = crate::backend::server::cancel(&key).await;
+                        });
+                    }
+                    return Err(ConnError::Closed);
+                }
+            };
+            let Some(chunk) = chunk else {
+                // The connection was lost before the request's ReadyForQuery.
+                let e = ClientError::ServerLost(ticket.conn.backend.to_string());
+                Stats::client_error(e.kind());
+                e.write(&mut self.conn.wbuf);
+                messages::ready_for_query(&mut self.conn.wbuf, b'I');
+                return Ok(());
+            };
+            let mut at = 0;
+            let mut done = false;
+            while let Ok(Some(info)) = next_frame(&chunk[at..]) {
+                let frame = &chunk[at..at + info.len];
+                at += info.len;
+                match info.tag {
+                    b'1' => {
+                        if let Some(Some(_)) = parses.pop_front() {
+                            continue;
+                        }
+                    }
+                    // Every Parse not yet answered is skipped up to Sync.
+                    b'E' => ticket.conn.forget(parses.drain(..).flatten()),
+                    b'Z' => done = true,
+                    _ => {}
+                }
+                self.conn.wbuf.extend_from_slice(frame);
+            }
+            if done {
+                return Ok(());
+            }
+            if self.conn.wbuf.len() >= limits::BUFFER_BYTES_FLUSH {
+                self.conn.flush().await?;
+            }
+        }
+    }
+}
+
+/// Writes the batch for a shared connection: named statements rewritten to their
+/// global names, with a Parse first for each one the connection lacks.
+fn build(
+    frames: &[u8],
+    statements: &Statements,
+    prepared: &mut HashSet<u64>,
+    out: &mut BytesMut,
+    parses: &mut VecDeque<Option<u64>>,
+) {
+    let mut at = 0;
+    while let Ok(Some(info)) = next_frame(&frames[at..]) {
+        let frame = &frames[at..at + info.len];
+        at += info.len;
+        let payload = &frame[5..];
+        let named = match info.tag {
+            b'B' => messages::bind_names(payload).map(|(_, name, _)| name),
+            b'D' => {
+                messages::target(payload).and_then(|(kind, name)| (kind == b'S').then_some(name))
+            }
+            _ => None,
+        };
+        let statement = named
+            .filter(|name| !name.is_empty())
+            .and_then(|name| statements.get(name));
+        let Some(statement) = statement else {
+            if info.tag == b'P' {
+                parses.push_back(None);
+            }
+            out.extend_from_slice(frame);
+            continue;
+        };
+        if prepared.insert(statement.id) {
+            out.extend_from_slice(&statement.parse);
+            parses.push_back(Some(statement.id));
+        }
+        match messages::bind_names(payload) {
+            Some((portal, _, rest_at)) if info.tag == b'B' => {
+                statements::rewrite_bind(out, portal, &statement.global_name, &payload[rest_at..])
+            }
+            _ => statements::rewrite_describe(out, &statement.global_name),
+        }
+    }
+}
