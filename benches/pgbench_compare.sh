@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # pgbench through pgshard, PgBouncer and straight to PostgreSQL, interleaved.
 #
-# Starts `pgshard demo --backends 1` (one local PostgreSQL cluster plus the proxy), puts
-# our own PgBouncer (transaction mode) in front of the same cluster, loads pgbench data
-# once, then for each pgbench mode runs ROUNDS rounds A B C, C B A, A B C, ... where
-# A = direct PostgreSQL, B = pgshard, C = PgBouncer, and prints median tps and ratios.
-# Everything it starts is stopped at exit. See benches/README.md.
+# Starts `pgshard demo --backends 1` (one local PostgreSQL cluster plus the proxy), a
+# second pgshard without shared connections (`pipeline_connections = 0`) and our own
+# PgBouncer (transaction mode) in front of the same cluster, loads pgbench data once,
+# then for each pgbench mode runs ROUNDS rounds A B C D, D C B A, ... where
+# A = direct PostgreSQL, B = pgshard, C = pgshard-own, D = PgBouncer, and prints
+# median tps and ratios. Both proxies reach PostgreSQL over its Unix socket, as the
+# demo's pgshard does; clients reach every target over TCP. Everything it starts is
+# stopped at exit. See benches/README.md.
 #
 # Environment (defaults in brackets):
 #   DURATION [10]  seconds per pgbench run      ROUNDS [3]   rounds per mode
 #   CLIENTS [16]   pgbench -c                   THREADS [2]  pgbench -j
 #   SCALE [2]      pgbench -i -s                POOL_SIZE [20] pgshard and PgBouncer pool
-#   PROXY_PORT [6510], BOUNCER_PORT [6511]: first port tried; the next free one is used
+#   PROXY_PORT [6510], OWN_PORT [6512], BOUNCER_PORT [6511]: first port tried; the
+#                  next free one is used
 #   PG_BIN [/usr/lib/postgresql/15/bin]     LOG_DIR: keep every run's output there
 #   SKIP_BUILD=1: use the existing target/release/pgshard
 set -euo pipefail
@@ -35,7 +39,7 @@ DB_PASSWORD=pgshard
 DB_NAME=postgres
 READY_LINE="pgshard demo is ready"
 MODES=("-S" "-M prepared -S")
-TARGETS=(direct pgshard pgbouncer)
+TARGETS=(direct pgshard pgshard-own pgbouncer)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PGSHARD=$ROOT/target/release/pgshard
@@ -44,6 +48,7 @@ export PGPASSWORD=$DB_PASSWORD PGCONNECT_TIMEOUT=10
 
 WORK=""
 DEMO_PID=""
+OWN_PID=""
 BOUNCER_PID=""
 RUN_TPS=0
 FAILURES=()
@@ -72,6 +77,10 @@ cleanup() {
     if [[ -n $BOUNCER_PID ]] && kill -0 "$BOUNCER_PID" 2>/dev/null; then
         kill -TERM "$BOUNCER_PID"
         wait_gone "$BOUNCER_PID" "$STOP_WAIT" || kill -KILL "$BOUNCER_PID"
+    fi
+    if [[ -n $OWN_PID ]] && kill -0 "$OWN_PID" 2>/dev/null; then
+        kill -TERM "$OWN_PID"
+        wait_gone "$OWN_PID" "$STOP_WAIT" || kill -KILL "$OWN_PID"
     fi
     if [[ -n $DEMO_PID ]] && kill -0 "$DEMO_PID" 2>/dev/null; then
         # The demo stops its PostgreSQL clusters on SIGTERM.
@@ -147,7 +156,32 @@ start_demo() {
     BACKEND_PORT=$(sed -n 's|^primary = "postgresql://[^@]*@127\.0\.0\.1:\([0-9]*\)/.*|\1|p' \
         "$WORK/demo/shardmap.toml" | head -n1)
     [[ -n $BACKEND_PORT ]] || die "no backend port in $WORK/demo/shardmap.toml"
-    log "backend PostgreSQL on 127.0.0.1:$BACKEND_PORT"
+    # The demo's cluster keeps its Unix socket in its data directory.
+    BACKEND_SOCKET_DIR=$WORK/demo/b0
+    [[ -S $BACKEND_SOCKET_DIR/.s.PGSQL.$BACKEND_PORT ]] ||
+        die "no PostgreSQL socket in $BACKEND_SOCKET_DIR"
+    log "backend PostgreSQL on 127.0.0.1:$BACKEND_PORT and $BACKEND_SOCKET_DIR"
+}
+
+# The same proxy over the same cluster, with no shared connections (PgBouncer's model).
+start_own() {
+    local config=$WORK/demo/own.toml
+    sed -e "s|^listen = .*|listen = \"127.0.0.1:$OWN_PORT\"|" \
+        -e "s|^http_listen = .*|http_listen = \"127.0.0.1:0\"|" \
+        -e "s|^pool_size = .*|&\npipeline_connections = 0|" \
+        "$WORK/demo/pgshard.toml" >"$config"
+    grep -q '^pipeline_connections = 0' "$config" || die "could not write $config"
+    log "starting pgshard without shared connections on 127.0.0.1:$OWN_PORT"
+    NO_COLOR=1 "$PGSHARD" run --config "$config" >"$WORK/own.log" 2>&1 &
+    OWN_PID=$!
+    local i
+    for ((i = 0; i < READY_WAIT; i++)); do
+        grep -q '^pgshard listening on' "$WORK/own.log" && return 0
+        kill -0 "$OWN_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    cat "$WORK/own.log" >&2
+    die "pgshard (own connections) did not start"
 }
 
 start_pgbouncer() {
@@ -156,7 +190,7 @@ start_pgbouncer() {
     printf '"%s" "%s"\n' "$DB_USER" "$DB_PASSWORD" >"$dir/userlist.txt"
     cat >"$dir/pgbouncer.ini" <<EOF
 [databases]
-$DB_NAME = host=127.0.0.1 port=$BACKEND_PORT dbname=$DB_NAME
+$DB_NAME = host=$BACKEND_SOCKET_DIR port=$BACKEND_PORT dbname=$DB_NAME
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -192,6 +226,7 @@ port_of() {
     case $1 in
     direct) echo "$BACKEND_PORT" ;;
     pgshard) echo "$PROXY_PORT" ;;
+    pgshard-own) echo "$OWN_PORT" ;;
     pgbouncer) echo "$BOUNCER_PORT" ;;
     esac
 }
@@ -234,8 +269,8 @@ report() {
     echo "pgbench -c $CLIENTS -j $THREADS -T $DURATION, scale $SCALE, $ROUNDS round(s), pool size" \
         "$POOL_SIZE, pgshard $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')," \
         "$(nproc) CPUs"
-    printf '%-16s %11s %11s %11s %15s %17s %18s\n' mode direct pgshard pgbouncer \
-        pgshard/direct pgbouncer/direct pgshard/pgbouncer
+    printf '%-16s %9s %9s %11s %9s %8s %8s %8s %8s\n' mode direct pgshard pgshard-own \
+        pgbouncer sh/dir own/dir pgb/dir sh/pgb
     for mode in "${MODES[@]}"; do
         line=$(printf '%-16s' "$mode")
         for target in "${TARGETS[@]}"; do
@@ -243,13 +278,17 @@ report() {
             local cell
             cell=$(printf '%.0f' "${med[$target]}")
             [[ -n ${FAILED[$mode,$target]:-} ]] && cell="$cell(${FAILED[$mode,$target]}F)"
-            line+=$(printf ' %11s' "$cell")
+            local width=9
+            [[ $target == pgshard-own ]] && width=11
+            line+=$(printf ' %*s' "$width" "$cell")
         done
-        line+=$(printf ' %15s %17s %18s' "$(ratio "${med[pgshard]}" "${med[direct]}")" \
+        line+=$(printf ' %8s %8s %8s %8s' "$(ratio "${med[pgshard]}" "${med[direct]}")" \
+            "$(ratio "${med[pgshard-own]}" "${med[direct]}")" \
             "$(ratio "${med[pgbouncer]}" "${med[direct]}")" \
             "$(ratio "${med[pgshard]}" "${med[pgbouncer]}")")
         echo "$line"
     done
+    echo "sh = pgshard, own = pgshard-own (no shared connections), pgb = PgBouncer, dir = direct"
     echo "median tps over rounds (a failed run counts as 0; (nF): n runs failed); every run:"
     for mode in "${MODES[@]}"; do
         for target in "${TARGETS[@]}"; do
@@ -285,7 +324,12 @@ main() {
     mkdir "$WORK/runs"
     PROXY_PORT=$(free_port "${PROXY_PORT:-6510}")
     BOUNCER_PORT=$(free_port "${BOUNCER_PORT:-6511}" "$PROXY_PORT")
+    OWN_PORT=${OWN_PORT:-6512}
+    while port_in_use "$OWN_PORT" || [[ $OWN_PORT == "$PROXY_PORT" || $OWN_PORT == "$BOUNCER_PORT" ]]; do
+        OWN_PORT=$((OWN_PORT + 1))
+    done
     start_demo
+    start_own
     start_pgbouncer
 
     log "pgbench -i -s $SCALE on the backend"
@@ -297,7 +341,7 @@ main() {
         for ((round = 1; round <= ROUNDS; round++)); do
             local -a order=("${TARGETS[@]}")
             # Odd rounds A B C, even rounds C B A: drift hits every target alike.
-            ((round % 2 == 0)) && order=(pgbouncer pgshard direct)
+            ((round % 2 == 0)) && order=(pgbouncer pgshard-own pgshard direct)
             for target in "${order[@]}"; do
                 run_pgbench "$mode" "$target" "$round"
                 log "  [$mode] round $round $target: $RUN_TPS tps"
@@ -308,8 +352,8 @@ main() {
     report
     if [[ -n $LOG_DIR ]]; then
         mkdir -p "$LOG_DIR"
-        cp -r "$WORK/runs" "$WORK/init.log" "$WORK/demo.log" "$WORK/bouncer/pgbouncer.log" \
-            "$LOG_DIR/"
+        cp -r "$WORK/runs" "$WORK/init.log" "$WORK/demo.log" "$WORK/own.log" \
+            "$WORK/bouncer/pgbouncer.log" "$LOG_DIR/"
         log "logs kept in $LOG_DIR"
     fi
 }

@@ -92,9 +92,9 @@ fn write_files(args: &DemoArgs, dir: &Path, clusters: &LocalClusters) -> anyhow:
         .map(|p| {
             let replicas = clusters
                 .replicas_of(&p.name)
-                .map(|r| clusters.dsn(r, DATABASE))
+                .map(|r| clusters.socket_dsn(r, DATABASE))
                 .collect();
-            (p.name.clone(), clusters.dsn(p, DATABASE), replicas)
+            (p.name.clone(), clusters.socket_dsn(p, DATABASE), replicas)
         })
         .collect();
     std::fs::write(

@@ -1,4 +1,6 @@
-//! `postgresql://user:password@host:port/database` -> [`Dsn`].
+//! `postgresql://user:password@host:port/database` -> [`Dsn`]. A host that is a
+//! directory (`%2Fvar%2Frun%2Fpostgresql`, or `?host=/var/run/postgresql` as libpq
+//! reads it) means the server's Unix-domain socket in that directory.
 
 use std::fmt;
 
@@ -28,8 +30,20 @@ impl Dsn {
         if url.scheme() != "postgresql" && url.scheme() != "postgres" {
             return Err(format!("\"{}\": scheme must be postgresql://", redact(s)));
         }
-        let host = url.host_str().filter(|h| !h.is_empty());
-        let host = host.ok_or_else(|| format!("\"{}\": no host", redact(s)))?;
+        let query_host = url.query_pairs().find(|(k, _)| k == "host").map(|(_, v)| v);
+        let host = match query_host {
+            Some(h) => Some(h.into_owned()),
+            None => url.host_str().filter(|h| !h.is_empty()).map(decode),
+        };
+        let host = host
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("\"{}\": no host", redact(s)))?;
+        let port = match url.query_pairs().find(|(k, _)| k == "port") {
+            Some((_, p)) => p
+                .parse()
+                .map_err(|_| format!("\"{}\": bad port \"{p}\"", redact(s)))?,
+            None => url.port().unwrap_or(5432),
+        };
         let user = decode(url.username());
         if user.is_empty() {
             return Err(format!("\"{}\": no user", redact(s)));
@@ -40,7 +54,7 @@ impl Dsn {
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_owned(),
-            port: url.port().unwrap_or(5432),
+            port,
             password: decode(url.password().unwrap_or("")),
             database: if database.is_empty() {
                 user.clone()
@@ -51,8 +65,14 @@ impl Dsn {
         })
     }
 
+    /// `host:port`, or the socket's path for a socket directory.
     pub fn addr(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        if self.host.starts_with('/') {
+            let dir = self.host.trim_end_matches('/');
+            format!("{dir}/.s.PGSQL.{}", self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -103,5 +123,9 @@ mod tests {
             .unwrap_err()
             .contains("no user"));
         assert!(Dsn::parse("not a url").is_err());
+        let dsn = Dsn::parse("postgresql://app@%2Ftmp%2Fpg:5433/shop").unwrap();
+        assert_eq!(dsn.addr(), "/tmp/pg/.s.PGSQL.5433");
+        let dsn = Dsn::parse("postgresql://app@localhost/shop?host=/run/pg/&port=7").unwrap();
+        assert_eq!(dsn.addr(), "/run/pg/.s.PGSQL.7");
     }
 }

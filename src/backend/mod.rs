@@ -5,6 +5,7 @@ pub mod dsn;
 pub mod mux;
 pub mod pool;
 pub mod server;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,11 +3,11 @@
 
 use std::collections::HashSet;
 
+use super::stream::ServerStream;
 use bytes::BytesMut;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::dsn::Dsn;
 use crate::limits;
@@ -45,7 +45,7 @@ pub struct CancelKey {
 }
 
 pub struct ServerConn {
-    pub stream: TcpStream,
+    pub stream: ServerStream,
     pub rbuf: BytesMut,
     /// ParameterStatus values the server sent at startup.
     pub params: Vec<(String, String)>,
@@ -65,13 +65,12 @@ impl ServerConn {
         let addr = dsn.addr();
         let connect = async {
             let stream =
-                TcpStream::connect(&addr)
+                ServerStream::connect(&addr)
                     .await
                     .map_err(|source| ServerError::Connect {
                         addr: addr.clone(),
                         source,
                     })?;
-            stream.set_nodelay(true)?;
             handshake(stream, dsn).await
         };
         tokio::time::timeout(limits::SERVER_CONNECT_TIMEOUT, connect)
@@ -107,7 +106,7 @@ impl ServerConn {
 }
 
 async fn read_frame(
-    stream: &mut TcpStream,
+    stream: &mut ServerStream,
     buf: &mut BytesMut,
 ) -> Result<crate::protocol::FrameInfo, ServerError> {
     loop {
@@ -122,7 +121,7 @@ async fn read_frame(
     }
 }
 
-async fn handshake(mut stream: TcpStream, dsn: &Dsn) -> Result<ServerConn, ServerError> {
+async fn handshake(mut stream: ServerStream, dsn: &Dsn) -> Result<ServerConn, ServerError> {
     let mut out = BytesMut::new();
     let params = [
         ("user", dsn.user.as_str()),
@@ -247,7 +246,7 @@ fn authenticate(
 /// Sends a CancelRequest for `key` on a fresh connection, as PostgreSQL expects.
 pub async fn cancel(key: &CancelKey) -> Result<(), ServerError> {
     let mut stream =
-        TcpStream::connect(&*key.addr)
+        ServerStream::connect(&key.addr)
             .await
             .map_err(|source| ServerError::Connect {
                 addr: key.addr.to_string(),

@@ -140,6 +140,14 @@ impl LocalClusters {
         )
     }
 
+    /// Like `dsn`, plus `?host=` the node's Unix-socket directory: pgshard then
+    /// connects over the socket (cheaper than TCP), and the host and port still say
+    /// where the server listens on TCP.
+    pub fn socket_dsn(&self, node: &Node, database: &str) -> String {
+        let dir = percent_encode(&node.data_dir.to_string_lossy());
+        format!("{}?host={dir}", self.dsn(node, database))
+    }
+
     /// Stops every node still running, replicas first (so a primary's fast shutdown
     /// does not leave its standbys retrying a vanished upstream). Idempotent; failures
     /// are logged, not returned, because this also runs from `Drop`.

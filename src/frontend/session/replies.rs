@@ -2,7 +2,7 @@
 //! bookkeeping, a lost server, and cleanup when the client leaves.
 
 use bytes::Buf;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::Interest;
 
 use super::Session;
 use crate::error::ClientError;
@@ -122,20 +122,32 @@ impl Session {
         // Otherwise keep reading while writing: PostgreSQL stops reading while its
         // own output is blocked, so a proxy that only wrote could deadlock with it
         // (a large COPY whose rows raise notices, a pipeline of large results).
-        let (mut reader, mut writer) = server.stream.split();
         while written < self.swbuf.len() {
             let room = server.rbuf.len() < limits::SERVER_READ_AHEAD_BYTES_MAX;
-            tokio::select! {
-                r = writer.write(&self.swbuf[written..]) => match r {
+            let interest = if room {
+                Interest::WRITABLE | Interest::READABLE
+            } else {
+                Interest::WRITABLE
+            };
+            let ready = match server.stream.ready(interest).await {
+                Ok(ready) => ready,
+                Err(e) => return self.write_failed(e),
+            };
+            if ready.is_writable() {
+                match server.stream.try_write(&self.swbuf[written..]) {
                     Ok(0) => return self.write_failed(std::io::ErrorKind::WriteZero.into()),
                     Ok(n) => written += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => return self.write_failed(e),
-                },
-                r = reader.read_buf(&mut server.rbuf), if room => match r {
+                }
+            }
+            if room && (ready.is_readable() || ready.is_read_closed()) {
+                match server.stream.try_read_buf(&mut server.rbuf) {
                     Ok(0) => return self.write_failed(std::io::ErrorKind::UnexpectedEof.into()),
                     Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => return self.write_failed(e),
-                },
+                }
             }
         }
         self.swbuf.clear();
