@@ -34,6 +34,8 @@ pub enum ClientError {
     ShuttingDown,
     #[error("could not restore this session's parameters on a server connection ({0}); they were reset to their defaults")]
     SessionRestore(String),
+    #[error("the statement left a transaction open on a shared server connection; it was rolled back (use BEGIN to open transactions)")]
+    SharedTransaction,
 }
 
 impl ClientError {
@@ -50,6 +52,7 @@ impl ClientError {
             ClientError::AdminSyntax(_) => "42601",
             ClientError::ShuttingDown => "57P01",
             ClientError::SessionRestore(_) => "55000",
+            ClientError::SharedTransaction => "25000",
         }
     }
 
@@ -69,6 +72,7 @@ impl ClientError {
             ClientError::AdminSyntax(_) => "admin_syntax",
             ClientError::ShuttingDown => "shutting_down",
             ClientError::SessionRestore(_) => "session_restore",
+            ClientError::SharedTransaction => "shared_transaction",
         }
     }
 

@@ -46,7 +46,12 @@ pub const PIPELINE_DEPTH_MAX: usize = 256;
 /// A shared server connection whose current request has run this long takes no new
 /// requests (they would wait behind it); they get a connection of their own.
 pub const MUX_STALL: Duration = Duration::from_millis(2);
-/// Reply chunks queued for one client of a shared connection before its driver waits.
-pub const MUX_REPLY_CHUNKS: usize = 4;
+/// Reply bytes held for one client of a shared connection that does not read them;
+/// past this its request is cancelled (the requests queued behind it wait for it).
+pub const MUX_REPLY_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// A shared connection idle this long gives its place to settings that need one.
+pub const MUX_IDLE_RETIRE: Duration = Duration::from_secs(1);
+/// After a shared connection could not be opened, the next try waits this long.
+pub const MUX_OPEN_BACKOFF: Duration = Duration::from_secs(1);
 /// Messages scanned for one extended batch that could run on a shared connection.
 pub const SHARED_BATCH_MESSAGES_MAX: usize = 16;

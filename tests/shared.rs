@@ -41,6 +41,19 @@ async fn shared_requests(proxy: &Proxy) -> u64 {
         .expect("a shared_requests count")
 }
 
+/// Runs requests until a shared connection serves them (the pool opens them in the
+/// background); returns the shared request count then.
+async fn warm_up(proxy: &Proxy) -> u64 {
+    let client = app(proxy).await;
+    let warm = common::wait_until(Duration::from_secs(5), || async {
+        client.simple_query("SELECT 1").await.unwrap();
+        shared_requests(proxy).await > 0
+    })
+    .await;
+    assert!(warm, "no request ever ran on a shared connection");
+    shared_requests(proxy).await
+}
+
 async fn active_count(backend: &Client, query: &str) -> i64 {
     let q = "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'";
     backend.query_one(q, &[&query]).await.unwrap().get(0)
@@ -88,6 +101,7 @@ async fn many_clients_each_get_their_own_answers() {
 #[tokio::test]
 async fn a_statement_whose_parse_failed_is_prepared_again() {
     let proxy = start_proxy(cluster(), "shared-parse", CONFIG);
+    warm_up(&proxy).await;
     let backend = common::backend_client(cluster(), 0).await;
     backend
         .batch_execute("DROP TABLE IF EXISTS shared_parse; CREATE TABLE shared_parse (k int); INSERT INTO shared_parse VALUES (1)")
@@ -124,6 +138,7 @@ async fn a_statement_whose_parse_failed_is_prepared_again() {
 #[tokio::test]
 async fn a_long_request_holds_up_no_one_and_can_be_cancelled() {
     let proxy = start_proxy(cluster(), "shared-long", CONFIG);
+    let before = warm_up(&proxy).await;
     let backend = common::backend_client(cluster(), 0).await;
     let sleeper = app(&proxy).await;
     let token = sleeper.cancel_token();
@@ -134,11 +149,8 @@ async fn a_long_request_holds_up_no_one_and_can_be_cancelled() {
     })
     .await;
     assert!(started, "the sleep never started");
-    assert_eq!(
-        shared_requests(&proxy).await,
-        1,
-        "the sleep did not run shared"
-    );
+    let shared = shared_requests(&proxy).await;
+    assert_eq!(shared, before + 1, "the sleep did not run shared");
     // Others keep being served while it runs.
     let other = app(&proxy).await;
     for i in 0..20i32 {
@@ -158,6 +170,7 @@ async fn a_long_request_holds_up_no_one_and_can_be_cancelled() {
 #[tokio::test]
 async fn a_client_that_leaves_mid_request_has_it_cancelled() {
     let proxy = start_proxy(cluster(), "shared-leave", CONFIG);
+    let before = warm_up(&proxy).await;
     let backend = common::backend_client(cluster(), 0).await;
     let mut leaver = common::RawClient::login(proxy.addr, "app").await;
     let sleep = "SELECT pg_sleep(30), 'shared-leave'";
@@ -169,6 +182,8 @@ async fn a_client_that_leaves_mid_request_has_it_cancelled() {
     })
     .await;
     assert!(started, "the sleep never started");
+    let shared = shared_requests(&proxy).await;
+    assert_eq!(shared, before + 1, "the sleep did not run shared");
     drop(leaver);
     let stopped = common::wait_until(Duration::from_secs(5), || async {
         active_count(&backend, sleep).await == 0
@@ -180,10 +195,12 @@ async fn a_client_that_leaves_mid_request_has_it_cancelled() {
 #[tokio::test]
 async fn a_terminated_shared_connection_is_replaced() {
     let proxy = start_proxy(cluster(), "shared-lost", CONFIG);
+    let before = warm_up(&proxy).await;
     let backend = common::backend_client(cluster(), 0).await;
     let client = app(&proxy).await;
     let marker = "SELECT 'shared-lost-marker'";
     client.simple_query(marker).await.unwrap();
+    assert_eq!(shared_requests(&proxy).await, before + 1);
     let q = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query = $1";
     let killed: i64 = backend.query_one(q, &[&marker]).await.unwrap().get(0);
     assert_eq!(killed, 1, "the shared connection was not found");
@@ -245,4 +262,119 @@ async fn clients_with_different_settings_never_share_a_connection() {
         task.await.expect("client task");
     }
     assert!(shared_requests(&proxy).await > 0);
+}
+
+#[tokio::test]
+async fn session_changes_never_reach_other_clients() {
+    let proxy = start_proxy(cluster(), "shared-session", CONFIG);
+    let before = warm_up(&proxy).await;
+    let backend = common::backend_client(cluster(), 0).await;
+    // A function whose call looks self-contained but changes a setting.
+    backend
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION shared_setter() RETURNS text LANGUAGE sql \
+             AS $$ SELECT set_config('application_name', 'leaked', false) $$",
+        )
+        .await
+        .unwrap();
+    let a = app(&proxy).await;
+    let b = app(&proxy).await;
+    let c = app(&proxy).await;
+    // It runs on a shared connection, which is then retired.
+    c.simple_query("SELECT shared_setter()").await.unwrap();
+    assert_eq!(shared_requests(&proxy).await, before + 1);
+    // PostgreSQL nests comments: this is a SET, whatever the first word looks like.
+    a.simple_query("/* /* */ select */ SET search_path = shared_evil")
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        let row = b
+            .query_one(
+                "SELECT current_setting('search_path'), current_setting('application_name')",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "\"$user\", public");
+        assert_ne!(row.get::<_, String>(1), "leaked");
+    }
+    let row = a.query_one("SHOW search_path", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "shared_evil");
+    backend
+        .batch_execute("DROP FUNCTION shared_setter()")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_batch_leaves_statements_usable() {
+    let proxy = start_proxy(cluster(), "shared-mid-batch", CONFIG);
+    warm_up(&proxy).await;
+    let backend = common::backend_client(cluster(), 0).await;
+    let statement = "SELECT 42 AS shared_mid_batch";
+    let mut leaver = common::RawClient::login(proxy.addr, "app").await;
+    leaver.send(&raw::parse("s1", statement)).await;
+    leaver.send(&raw::sync()).await;
+    leaver.until_ready().await;
+    // A sleep, then the named statement new to the shared connection; then gone.
+    let sleep = "SELECT pg_sleep(30), 'shared-mid-batch'";
+    let mut batch = raw::parse("", sleep);
+    for part in [
+        raw::bind(""),
+        raw::execute(),
+        raw::bind("s1"),
+        raw::execute(),
+        raw::sync(),
+    ] {
+        batch.extend_from_slice(&part);
+    }
+    leaver.send(&batch).await;
+    let started = common::wait_until(Duration::from_secs(5), || async {
+        active_count(&backend, sleep).await == 1
+    })
+    .await;
+    assert!(started, "the sleep never started");
+    drop(leaver);
+    let stopped = common::wait_until(Duration::from_secs(5), || async {
+        active_count(&backend, sleep).await == 0
+    })
+    .await;
+    assert!(stopped, "the sleep kept running");
+    // Another client's use of the same statement works, wherever it runs.
+    let client = app(&proxy).await;
+    let prepared = client.prepare(statement).await.unwrap();
+    for _ in 0..20 {
+        let row = client.query_one(&prepared, &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42);
+    }
+}
+
+/// Extended-protocol messages built by hand.
+mod raw {
+    use super::common::message;
+
+    pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut p = format!("{name}\0{sql}\0").into_bytes();
+        p.extend_from_slice(&0i16.to_be_bytes());
+        message(b'P', &p)
+    }
+
+    /// Bind of `statement` to the unnamed portal, no parameters, text results.
+    pub fn bind(statement: &str) -> Vec<u8> {
+        let mut p = format!("\0{statement}\0").into_bytes();
+        for _ in 0..3 {
+            p.extend_from_slice(&0i16.to_be_bytes());
+        }
+        message(b'B', &p)
+    }
+
+    pub fn execute() -> Vec<u8> {
+        let mut p = vec![0u8];
+        p.extend_from_slice(&0i32.to_be_bytes());
+        message(b'E', &p)
+    }
+
+    pub fn sync() -> Vec<u8> {
+        message(b'S', &[])
+    }
 }

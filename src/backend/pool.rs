@@ -56,6 +56,8 @@ struct Shared {
     conns: Vec<Arc<MuxConn>>,
     /// Connections being opened.
     starting: usize,
+    /// When opening one last failed.
+    failed_at: Option<Instant>,
 }
 
 impl Pool {
@@ -165,59 +167,83 @@ impl Pool {
     }
 
     /// A shared connection carrying the session parameters `fingerprint` that can
-    /// take one more request, opening one (of at most `max`, and never more than half
-    /// the pool) when none is idle. `None`: the caller uses a connection of its own.
-    /// `sync_sql` gives a new connection those parameters.
-    pub async fn shared(
+    /// take one more request. `None`: the caller uses a connection of its own. When
+    /// more shared connections could help (at most `max`, and never more than half
+    /// the pool), one is opened in the background, never making the caller wait;
+    /// `sync_sql` gives it the caller's parameters. A shared connection idle for a
+    /// while gives its place to other settings that need one.
+    pub fn shared(
         self: &Arc<Self>,
         fingerprint: u64,
         max: usize,
         depth: usize,
         sync_sql: impl FnOnce() -> String,
     ) -> Option<Arc<MuxConn>> {
-        let permit = {
-            let mut shared = self.shared.lock().ok()?;
-            shared.conns.retain(|c| {
-                // A connection holding too many statements is retired, as
-                // `give_back` does for the others.
-                if c.statement_count() > limits::SERVER_PREPARED_MAX {
-                    c.close();
-                }
-                c.is_alive()
-            });
-            let best = shared
-                .conns
-                .iter()
-                .filter(|c| c.fingerprint == fingerprint && c.accepts(depth))
-                .min_by_key(|c| c.inflight())
-                .cloned();
-            let room = shared.conns.len() + shared.starting < max.min(self.size / 2);
-            if best.as_ref().is_some_and(|c| c.inflight() == 0) || !room {
-                return best;
-            }
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                return best;
-            };
-            shared.starting += 1;
-            permit
-        };
-        let opened = self.open_shared(fingerprint, sync_sql, permit).await;
         let mut shared = self.shared.lock().ok()?;
-        shared.starting -= 1;
-        let conn = opened?;
-        shared.conns.push(conn.clone());
-        Some(conn)
+        shared.conns.retain(|c| {
+            // A connection holding too many statements is retired, as `give_back`
+            // does for the others.
+            if c.statement_count() > limits::SERVER_PREPARED_MAX {
+                c.close();
+            }
+            c.is_alive()
+        });
+        let best = shared
+            .conns
+            .iter()
+            .filter(|c| c.fingerprint == fingerprint && c.accepts(depth))
+            .min_by_key(|c| c.inflight())
+            .cloned();
+        if best.as_ref().is_some_and(|c| c.inflight() == 0) || shared.starting > 0 {
+            return best;
+        }
+        let backoff = shared
+            .failed_at
+            .is_some_and(|at| at.elapsed() < limits::MUX_OPEN_BACKOFF);
+        if backoff {
+            return best;
+        }
+        if shared.conns.len() >= max.min(self.size / 2) {
+            // Full: a connection of other settings that sat idle makes room.
+            if best.is_none() {
+                let idle = shared.conns.iter().find(|c| {
+                    c.fingerprint != fingerprint
+                        && c.inflight() == 0
+                        && c.elapsed() >= limits::MUX_IDLE_RETIRE
+                });
+                if let Some(idle) = idle {
+                    idle.close();
+                }
+            }
+            return best;
+        }
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            return best;
+        };
+        shared.starting += 1;
+        let pool = self.clone();
+        let sql = (fingerprint != 0).then(sync_sql);
+        tokio::spawn(async move {
+            let opened = pool.open_shared(fingerprint, sql, permit).await;
+            if let Ok(mut shared) = pool.shared.lock() {
+                shared.starting -= 1;
+                match opened {
+                    Some(conn) => shared.conns.push(conn),
+                    None => shared.failed_at = Some(Instant::now()),
+                }
+            }
+        });
+        best
     }
 
     async fn open_shared(
         &self,
         fingerprint: u64,
-        sync_sql: impl FnOnce() -> String,
+        sync_sql: Option<String>,
         permit: OwnedSemaphorePermit,
     ) -> Option<Arc<MuxConn>> {
         let mut server = self.connect().await.ok()?;
-        if fingerprint != 0 {
-            let sql = sync_sql();
+        if let Some(sql) = sync_sql {
             let sync = server.execute(&sql);
             match tokio::time::timeout(limits::SERVER_CONNECT_TIMEOUT, sync).await {
                 Ok(Ok(())) => {}

@@ -108,11 +108,9 @@ impl ClientRegistry {
         };
         let (backend, key) = match attached {
             Some(Attached::Own(backend, key)) => (backend, key),
-            // Only while the server runs this client's request, not a later one.
-            Some(Attached::Shared(conn, seq)) if conn.is_running(seq) => {
-                (conn.backend.clone(), conn.cancel.clone())
-            }
-            _ => return,
+            // Sent only while the server runs this client's request, not another's.
+            Some(Attached::Shared(conn, seq)) => return conn.cancel_request(seq),
+            None => return,
         };
         if let Err(e) = server::cancel(&key).await {
             tracing::warn!(%backend, error = %e, "forwarding a cancel request failed");

@@ -262,17 +262,10 @@ fn split_statements(sql: &str) -> impl Iterator<Item = &str> {
     parts.into_iter().map(str::trim).filter(|s| !s.is_empty())
 }
 
-fn strip_leading_comments(mut s: &str) -> &str {
-    loop {
-        s = s.trim_start();
-        if let Some(rest) = s.strip_prefix("--") {
-            s = rest.split_once('\n').map_or("", |(_, after)| after);
-        } else if let Some(rest) = s.strip_prefix("/*") {
-            s = rest.split_once("*/").map_or("", |(_, after)| after);
-        } else {
-            return s;
-        }
-    }
+fn strip_leading_comments(s: &str) -> &str {
+    // Comments end at ASCII bytes, so the rest starts on a char boundary.
+    let rest = super::shareable::skip_blanks(s.as_bytes());
+    &s[s.len() - rest.len()..]
 }
 
 fn skip_quoted(bytes: &[u8], open: usize) -> usize {
@@ -330,6 +323,12 @@ mod tests {
         check("SELECT 1; -- SET x = 1;\nSET y TO 2", vec![set("y", "2")]);
         check("SET", vec![]);
         check("SET x", vec![Untracked]);
+        // PostgreSQL nests block comments and ends `--` comments at `\r` too.
+        check(
+            "/* /* */ select */ SET search_path = s",
+            vec![set("search_path", "s")],
+        );
+        check("-- c\rSET y TO 2", vec![set("y", "2")]);
     }
 
     #[test]

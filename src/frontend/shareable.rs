@@ -6,13 +6,25 @@
 const KEYWORDS: [&[u8]; 7] = [
     b"select", b"insert", b"update", b"delete", b"with", b"values", b"table",
 ];
-/// Functions that change the session (settings, session-level locks).
-const SESSION_FUNCTIONS: [&[u8]; 2] = [b"set_config", b"advisory"];
+/// Text that may change the session: settings (`set_config`, `pg_settings`),
+/// session-level locks, temporary tables (`INTO TEMP`), and Unicode escapes, which
+/// could spell any of these (`U&"set\005fconfig"`). Matched anywhere, in any case.
+const SESSION_TEXT: [&[u8]; 6] = [
+    b"set_config",
+    b"pg_settings",
+    b"advisory",
+    b"temp",
+    b"u&\"",
+    b"u&'",
+];
 
 /// True when `sql` (a Query string or a Parse's query, NUL-terminated or not) is one
 /// SELECT, INSERT, UPDATE, DELETE, WITH, VALUES or TABLE statement, with no `;`
-/// before its end and no call of a function that changes the session. Anything
-/// unsure is false: the request then gets a server connection of its own.
+/// before its end and none of `SESSION_TEXT`. Anything unsure is false: the request
+/// then gets a server connection of its own. (A user-defined function that changes
+/// settings is not seen here, nor on a connection of its own under transaction
+/// pooling; the shared connection's driver retires a connection whose replies show
+/// such a change.)
 pub fn self_contained(sql: &[u8]) -> bool {
     let sql = sql.strip_suffix(b"\0").unwrap_or(sql);
     let body = skip_blanks(sql);
@@ -32,28 +44,50 @@ pub fn self_contained(sql: &[u8]) -> bool {
             return false;
         }
     }
-    !SESSION_FUNCTIONS
-        .iter()
-        .any(|f| contains_ignore_case(body, f))
+    !SESSION_TEXT.iter().any(|f| contains_ignore_case(body, f))
 }
 
-/// `sql` after leading whitespace and comments.
-fn skip_blanks(mut sql: &[u8]) -> &[u8] {
+/// `sql` after leading whitespace and comments, read as PostgreSQL does: `--` runs
+/// to the end of the line (`\n` or `\r`), and `/* */` comments nest.
+pub(super) fn skip_blanks(mut sql: &[u8]) -> &[u8] {
     loop {
-        let trimmed = sql.trim_ascii_start();
-        if let Some(rest) = trimmed.strip_prefix(b"--") {
-            let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
-            sql = &rest[end..];
-        } else if let Some(rest) = trimmed.strip_prefix(b"/*") {
-            // Nested comments are rare; an unclosed one leaves nothing to run.
-            match rest.windows(2).position(|w| w == b"*/") {
-                Some(end) => sql = &rest[end + 2..],
+        sql = sql.trim_ascii_start();
+        if let Some(rest) = sql.strip_prefix(b"--") {
+            let end = rest.iter().position(|&b| b == b'\n' || b == b'\r');
+            sql = &rest[end.unwrap_or(rest.len())..];
+        } else if sql.starts_with(b"/*") {
+            match block_comment_end(sql) {
+                Some(end) => sql = &sql[end..],
+                // Unclosed: PostgreSQL rejects it, and nothing runs.
                 None => return &[],
             }
         } else {
-            return trimmed;
+            return sql;
         }
     }
+}
+
+/// Where the block comment at the start of `sql` ends, nested ones included.
+fn block_comment_end(sql: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut at = 0;
+    while at + 1 < sql.len() {
+        match &sql[at..at + 2] {
+            b"/*" => {
+                depth += 1;
+                at += 2;
+            }
+            b"*/" => {
+                depth -= 1;
+                at += 2;
+                if depth == 0 {
+                    return Some(at);
+                }
+            }
+            _ => at += 1,
+        }
+    }
+    None
 }
 
 fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
@@ -73,6 +107,8 @@ mod tests {
             "  select 1",
             "-- note\nINSERT INTO t VALUES (1)",
             "/* pgshard: key=3 */ update t set v = 1 where k = 3 ;  ",
+            "/* a /* nested */ comment */ SELECT 1",
+            "-- note\r\nSELECT 1",
             "WITH x AS (SELECT 1) SELECT * FROM x",
             "values (1)",
             "TABLE t",
@@ -94,6 +130,12 @@ mod tests {
             "PREPARE p AS SELECT 1",
             "DISCARD ALL",
             "LISTEN x",
+            "/* /* */ select */ SET search_path = evil",
+            "-- x\rBEGIN /*\nselect 1 */",
+            "UPDATE pg_settings SET setting = 'x' WHERE name = 'search_path'",
+            "SELECT U&\"set\\005fconfig\"('a', 'b', false)",
+            "SELECT * INTO TEMP t FROM x",
+            "select pg_try_advisory_lock(1)",
         ];
         for sql in no {
             assert!(!self_contained(sql.as_bytes()), "{sql}");

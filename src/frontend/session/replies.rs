@@ -50,6 +50,11 @@ impl Session {
                     self.pending_failed = true;
                 }
             }
+            if info.tag == b'S' {
+                // A setting changed, maybe by a function the proxy cannot follow:
+                // the server gets the client's settings anew before its next use.
+                server.params_fingerprint = super::DIRTY;
+            }
             if reply.error && !self.pending.is_empty() {
                 self.pending_failed = true;
             }

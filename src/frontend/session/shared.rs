@@ -4,7 +4,7 @@
 //! Sync) has it pipelined with other clients' requests on one of a few shared
 //! connections, when one can take it. Anything else takes the usual path.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
@@ -17,9 +17,9 @@ use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::frontend::conn::ConnError;
 use crate::frontend::shareable::self_contained;
-use crate::frontend::statements::{self, Statements};
+use crate::frontend::statements::{self, Statement, Statements};
 use crate::limits;
-use crate::protocol::{messages, next_frame};
+use crate::protocol::{messages, next_frame, FrameInfo};
 use crate::router::{self, Route};
 use crate::stats::Stats;
 
@@ -49,14 +49,14 @@ impl Session {
         };
         let params = &self.params;
         let shared = pool.shared(params.fingerprint(), max, depth, || params.sync_sql());
-        let Some(conn) = shared.await else {
+        let Some(conn) = shared else {
             return Ok(false);
         };
-        let mut parses = VecDeque::new();
         let frames = &self.conn.rbuf[..batch.len];
         let statements = &self.statements;
-        let submitted =
-            conn.submit(|prepared, out| build(frames, statements, prepared, out, &mut parses));
+        let submitted = conn.submit(depth, |prepared, out| {
+            build(frames, statements, prepared, out)
+        });
         let Some(ticket) = submitted else {
             return Ok(false);
         };
@@ -75,7 +75,7 @@ impl Session {
         let started = Instant::now();
         self.pipeline.flush_synthetic(&mut self.conn.wbuf);
         self.info.attach_shared(&ticket.conn, ticket.seq);
-        let result = self.forward_shared(ticket, parses).await;
+        let result = self.forward_shared(ticket).await;
         self.info.detach();
         self.app
             .stats
@@ -176,34 +176,23 @@ impl Session {
         queries
     }
 
-    /// Passes the request's replies to the client, without the replies to Parses the
-    /// proxy added. `parses` lists the batch's Parses in order: `Some(id)` for one
-    /// the proxy added, `None` for the client's own.
-    async fn forward_shared(
-        &mut self,
-        mut ticket: Ticket,
-        mut parses: VecDeque<Option<u64>>,
-    ) -> Result<(), ConnError> {
+    /// Passes the request's replies to the client.
+    async fn forward_shared(&mut self, mut ticket: Ticket) -> Result<(), ConnError> {
         loop {
             let room = self.conn.rbuf.len() < limits::BUFFER_BYTES_FLUSH;
             let chunk = tokio::select! {
-                chunk = ticket.replies.recv() => chunk,
+                chunk = ticket.next() => chunk,
                 // Whatever the client sends meanwhile waits in the buffer; if it
                 // leaves, its request is cancelled so it holds up no one.
                 r = self.conn.stream.read_buf(&mut self.conn.rbuf), if room => {
                     if matches!(r, Ok(n) if n > 0) {
                         continue;
                     }
-                    if ticket.conn.is_running(ticket.seq) {
-                        let key = ticket.conn.cancel.clone();
-                        tokio::spawn(async move {
-                            let _ = crate::backend::server::cancel(&key).await;
-                        });
-                    }
+                    ticket.cancel();
                     return Err(ConnError::Closed);
                 }
             };
-            let Some(chunk) = chunk else {
+            let Some(reply) = chunk else {
                 // The connection was lost before the request's ReadyForQuery.
                 let e = ClientError::ServerLost(ticket.conn.backend.to_string());
                 Stats::client_error(e.kind());
@@ -211,25 +200,8 @@ impl Session {
                 messages::ready_for_query(&mut self.conn.wbuf, b'I');
                 return Ok(());
             };
-            let mut at = 0;
-            let mut done = false;
-            while let Ok(Some(info)) = next_frame(&chunk[at..]) {
-                let frame = &chunk[at..at + info.len];
-                at += info.len;
-                match info.tag {
-                    b'1' => {
-                        if let Some(Some(_)) = parses.pop_front() {
-                            continue;
-                        }
-                    }
-                    // Every Parse not yet answered is skipped up to Sync.
-                    b'E' => ticket.conn.forget(parses.drain(..).flatten()),
-                    b'Z' => done = true,
-                    _ => {}
-                }
-                self.conn.wbuf.extend_from_slice(frame);
-            }
-            if done {
+            self.conn.wbuf.extend_from_slice(&reply.bytes);
+            if reply.last {
                 return Ok(());
             }
             if self.conn.wbuf.len() >= limits::BUFFER_BYTES_FLUSH {
@@ -239,41 +211,32 @@ impl Session {
     }
 }
 
-/// Writes the batch for a shared connection: named statements rewritten to their
-/// global names, with a Parse first for each one the connection lacks.
+/// Writes the batch for a shared connection: first a Parse for each named statement
+/// the connection lacks, then the batch with statement names made global. Returns
+/// the ids of those Parses, in order.
 fn build(
     frames: &[u8],
     statements: &Statements,
     prepared: &mut HashSet<u64>,
     out: &mut BytesMut,
-    parses: &mut VecDeque<Option<u64>>,
-) {
+) -> Vec<u64> {
+    let mut injected = Vec::new();
+    for (info, payload) in frames_of(frames) {
+        if let Some(statement) = named_statement(info.tag, payload, statements) {
+            if prepared.insert(statement.id) {
+                out.extend_from_slice(&statement.parse);
+                injected.push(statement.id);
+            }
+        }
+    }
     let mut at = 0;
-    while let Ok(Some(info)) = next_frame(&frames[at..]) {
+    for (info, payload) in frames_of(frames) {
         let frame = &frames[at..at + info.len];
         at += info.len;
-        let payload = &frame[5..];
-        let named = match info.tag {
-            b'B' => messages::bind_names(payload).map(|(_, name, _)| name),
-            b'D' => {
-                messages::target(payload).and_then(|(kind, name)| (kind == b'S').then_some(name))
-            }
-            _ => None,
-        };
-        let statement = named
-            .filter(|name| !name.is_empty())
-            .and_then(|name| statements.get(name));
-        let Some(statement) = statement else {
-            if info.tag == b'P' {
-                parses.push_back(None);
-            }
+        let Some(statement) = named_statement(info.tag, payload, statements) else {
             out.extend_from_slice(frame);
             continue;
         };
-        if prepared.insert(statement.id) {
-            out.extend_from_slice(&statement.parse);
-            parses.push_back(Some(statement.id));
-        }
         match messages::bind_names(payload) {
             Some((portal, _, rest_at)) if info.tag == b'B' => {
                 statements::rewrite_bind(out, portal, &statement.global_name, &payload[rest_at..])
@@ -281,4 +244,33 @@ fn build(
             _ => statements::rewrite_describe(out, &statement.global_name),
         }
     }
+    injected
+}
+
+/// Each whole message in `frames`, with its payload.
+fn frames_of(frames: &[u8]) -> impl Iterator<Item = (FrameInfo, &[u8])> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let info = next_frame(&frames[at..]).ok()??;
+        let payload = &frames[at + 5..at + info.len];
+        at += info.len;
+        Some((info, payload))
+    })
+}
+
+/// The client's named statement a Bind or Describe (of a statement) refers to.
+fn named_statement<'a>(
+    tag: u8,
+    payload: &[u8],
+    statements: &'a Statements,
+) -> Option<&'a std::sync::Arc<Statement>> {
+    let name = match tag {
+        b'B' => messages::bind_names(payload).map(|(_, name, _)| name),
+        b'D' => messages::target(payload).and_then(|(kind, name)| (kind == b'S').then_some(name)),
+        _ => None,
+    }?;
+    if name.is_empty() {
+        return None;
+    }
+    statements.get(name)
 }
