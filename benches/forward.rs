@@ -19,6 +19,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 
 use pgshard::frontend::params;
 use pgshard::frontend::pipeline::{Expect, Pipeline, Req};
+use pgshard::frontend::shareable;
 use pgshard::frontend::statements::{rewrite_bind, Statement, Statements};
 use pgshard::protocol::messages::{begin, bind_names, finish, put_cstr};
 use pgshard::protocol::next_frame;
@@ -250,6 +251,13 @@ fn bench_params(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("changes", "update"), |b| {
         b.iter(|| params::changes(black_box(UPDATE_SQL)))
     });
+    // The check each request makes before it may run on a shared connection.
+    for (name, sql) in [("select", SELECT_SQL), ("update", UPDATE_SQL)] {
+        assert!(shareable::self_contained(sql.as_bytes()));
+        group.bench_function(BenchmarkId::new("self_contained", name), |b| {
+            b.iter(|| shareable::self_contained(black_box(sql.as_bytes())))
+        });
+    }
     group.finish();
 }
 

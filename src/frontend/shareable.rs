@@ -44,7 +44,7 @@ pub fn self_contained(sql: &[u8]) -> bool {
             return false;
         }
     }
-    !SESSION_TEXT.iter().any(|f| contains_ignore_case(body, f))
+    !mentions_session_text(body)
 }
 
 /// `sql` after leading whitespace and comments, read as PostgreSQL does: `--` runs
@@ -90,10 +90,19 @@ fn block_comment_end(sql: &[u8]) -> Option<usize> {
     None
 }
 
-fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+/// Whether `body` contains one of `SESSION_TEXT`, in any case (one pass; only bytes
+/// that start a needle are compared further).
+fn mentions_session_text(body: &[u8]) -> bool {
+    body.iter().enumerate().any(|(i, &b)| {
+        let b = b.to_ascii_lowercase();
+        matches!(b, b's' | b'p' | b'a' | b't' | b'u')
+            && SESSION_TEXT.iter().any(|needle| {
+                needle[0] == b
+                    && body
+                        .get(i..i + needle.len())
+                        .is_some_and(|w| w.eq_ignore_ascii_case(needle))
+            })
+    })
 }
 
 #[cfg(test)]
