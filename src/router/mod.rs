@@ -3,6 +3,7 @@
 //! Architecture invariant: the router does no I/O and takes no lock; it reads the shard
 //! map snapshot its caller loaded once for the whole transaction.
 
+pub mod hash;
 pub mod shardmap;
 
 pub use shardmap::{BackendId, ShardMap};
