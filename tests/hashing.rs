@@ -90,7 +90,7 @@ async fn vshards_match_hash_partitioning_on_a_real_backend() {
     assert_eq!(mismatches(&backend, "varchar", &texts, &vshards).await, 0);
 
     let uuids: Vec<[u8; 16]> = (0..KEYS).map(|_| rng.gen()).collect();
-    let keys: Vec<String> = uuids.iter().map(|u| uuid_text(u)).collect();
+    let keys: Vec<String> = uuids.iter().map(uuid_text).collect();
     let vshards = vshards_of(uuids.iter().map(|&u| Key::Uuid(u)));
     assert_eq!(mismatches(&backend, "uuid", &keys, &vshards).await, 0);
 }
