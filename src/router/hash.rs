@@ -11,6 +11,29 @@ pub const SEED: u64 = 0x7A5B_2236_7996_DCFD;
 /// What `hash_combine64(0, h)` adds to a key's hash.
 const COMBINE: u64 = 0x49a0_f4dd_15e5_a8e3;
 
+/// How a sharding key column's values hash: int2, int4 and int8 alike; text and
+/// varchar alike; uuid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    Int,
+    Text,
+    Uuid,
+}
+
+impl KeyType {
+    /// From a SQL type name as the shard map writes it.
+    pub fn parse(name: &str) -> Option<KeyType> {
+        match name.to_ascii_lowercase().as_str() {
+            "int2" | "smallint" | "int4" | "int" | "integer" | "int8" | "bigint" => {
+                Some(KeyType::Int)
+            }
+            "text" | "varchar" | "character varying" => Some(KeyType::Text),
+            "uuid" => Some(KeyType::Uuid),
+            _ => None,
+        }
+    }
+}
+
 /// A sharding key's value, typed as its column is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Key {

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::hash::KeyType;
 use crate::backend::dsn::Dsn;
 
 pub const VSHARDS_DEFAULT: u32 = 1000;
@@ -55,7 +56,37 @@ struct RawBackend {
 struct RawTable {
     name: String,
     key: String,
+    #[serde(rename = "type", default = "default_key_type")]
+    key_type: String,
 }
+
+fn default_key_type() -> String {
+    "int8".into()
+}
+
+/// pgbench's tables, each sharded by its own key (as `shardmap/pgbench.toml`); the
+/// demo's map ends with these.
+pub const PGBENCH_TABLES: &str = r#"
+[[tables]]
+name = "pgbench_accounts"
+key = "aid"
+type = "int4"
+
+[[tables]]
+name = "pgbench_tellers"
+key = "tid"
+type = "int4"
+
+[[tables]]
+name = "pgbench_branches"
+key = "bid"
+type = "int4"
+
+[[tables]]
+name = "pgbench_history"
+key = "aid"
+type = "int4"
+"#;
 
 #[derive(Debug, Clone)]
 pub struct Backend {
@@ -68,6 +99,7 @@ pub struct Backend {
 pub struct ShardedTable {
     pub name: String,
     pub key: String,
+    pub key_type: KeyType,
 }
 
 /// Index into [`ShardMap::backends`].
@@ -121,9 +153,17 @@ impl ShardMap {
                     "table \"{name}\": name and key are required"
                 )));
             }
+            let key_type = KeyType::parse(&t.key_type).ok_or_else(|| {
+                invalid(format!(
+                    "table \"{name}\": type \"{}\" is not a key type \
+                     (int2, int4, int8, text, varchar or uuid)",
+                    t.key_type
+                ))
+            })?;
             let table = ShardedTable {
                 name: name.clone(),
                 key: t.key.to_ascii_lowercase(),
+                key_type,
             };
             if tables.insert(name.clone(), table).is_some() {
                 return Err(invalid(format!("table \"{name}\" is listed twice")));
@@ -162,7 +202,8 @@ impl ShardMap {
         counts
     }
 
-    /// A map that spreads `vshards` evenly over the given backends, in ranges.
+    /// A map that spreads `vshards` evenly over the given backends, in ranges, and
+    /// shards pgbench's tables (`PGBENCH_TABLES`).
     pub fn even_toml(backends: &[(String, String, Vec<String>)], vshards: u32) -> String {
         let mut out = format!(
             "version = 1\nvshards = {vshards}\ndefault_backend = \"{}\"\n\n",
@@ -183,7 +224,7 @@ impl ShardMap {
                 out += &format!("\"{}-{}\" = \"{name}\"\n", lo, hi - 1);
             }
         }
-        out
+        out + PGBENCH_TABLES
     }
 }
 
@@ -303,6 +344,27 @@ mod tests {
         check(&text, Err("default_backend \"z\" is not a backend"));
         let text = map("\"0-9\" = \"a\"\n").replace("name = \"b\"", "name = \"a\"");
         check(&text, Err("backend \"a\" is listed twice"));
+        let table = |t: &str| format!("{}{t}", map("\"0-9\" = \"a\"\n"));
+        check(
+            &table("[[tables]]\nname = \"t\"\nkey = \"k\"\ntype = \"float8\"\n"),
+            Err("table \"t\": type \"float8\" is not a key type"),
+        );
+        check(
+            &table("[[tables]]\nname = \"t\"\nkey = \"\"\n"),
+            Err("table \"t\": name and key are required"),
+        );
+        check(
+            &table(
+                "[[tables]]\nname = \"t\"\nkey = \"k\"\n[[tables]]\nname = \"T\"\nkey = \"k\"\n",
+            ),
+            Err("table \"t\" is listed twice"),
+        );
+        let text = table("[[tables]]\nname = \"t\"\nkey = \"k\"\n")
+            .replace("version = 3", "version = 3\nreference_tables = [\"t\"]");
+        check(
+            &text,
+            Err("table \"t\" is both sharded and a reference table"),
+        );
     }
 
     #[test]
@@ -334,5 +396,19 @@ mod example_tests {
             let map = ShardMap::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert_eq!(map.vshards(), 1000, "{}", path.display());
         }
+    }
+
+    /// The demo shards pgbench's tables as `shardmap/pgbench.toml` does.
+    #[test]
+    fn demo_map_shards_pgbench_like_the_example() {
+        let example = ShardMap::load(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/shardmap/pgbench.toml"
+        )))
+        .unwrap();
+        let backends = vec![("b0".to_string(), "postgresql://u@h/d".to_string(), vec![])];
+        let demo = ShardMap::parse(&ShardMap::even_toml(&backends, 1000)).unwrap();
+        assert_eq!(demo.tables, example.tables);
+        assert_eq!(demo.tables.len(), 4);
     }
 }
