@@ -1,4 +1,5 @@
-//! The routing decision's parts, without I/O: key -> vshard (PostgreSQL's hash).
+//! The routing decision's parts, without I/O: key -> vshard (PostgreSQL's hash),
+//! statement analysis with and without the plan cache, and the whole decision.
 //! See benches/README.md.
 
 use std::hint::black_box;
@@ -6,7 +7,68 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
+use pgshard::router::decide::{decide, Decision, Param};
 use pgshard::router::hash::Key;
+use pgshard::router::sql::{lexer, plan, PlanCache};
+use pgshard::router::ShardMap;
+
+const SELECT_SQL: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = 48217;";
+const SELECT_PARAM_SQL: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
+const INSERT_SQL: &str = "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+                          VALUES (3, 1, 48217, -4211, CURRENT_TIMESTAMP);";
+
+/// Four backends, pgbench's tables sharded (as the demo's map).
+fn pgbench_map() -> ShardMap {
+    let backends: Vec<_> = (0..4)
+        .map(|i| {
+            (
+                format!("b{i}"),
+                format!("postgresql://u@h:{}/d", 5000 + i),
+                vec![],
+            )
+        })
+        .collect();
+    ShardMap::parse(&ShardMap::even_toml(&backends, 1000)).expect("map")
+}
+
+fn bench_route(c: &mut Criterion) {
+    let map = pgbench_map();
+    let cache = PlanCache::default();
+    let mut group = c.benchmark_group("route");
+    for (name, sql) in [("select", SELECT_SQL), ("insert", INSERT_SQL)] {
+        let normalized = lexer::normalize(sql).expect("lex");
+        group.bench_function(BenchmarkId::new("analyze_uncached", name), |b| {
+            b.iter(|| plan::plan(black_box(&normalized.text), sql, &map))
+        });
+        cache.analyze(sql, &map).expect("analyze");
+        group.bench_function(BenchmarkId::new("analyze_cached", name), |b| {
+            b.iter(|| cache.analyze(black_box(sql), &map))
+        });
+        // The whole decision for a simple Query: lex, cached plan, key, vshard, backend.
+        assert!(matches!(
+            decide(&cache.analyze(sql, &map).expect("analyze"), &[], &map),
+            Decision::One(_)
+        ));
+        group.bench_function(BenchmarkId::new("decide", name), |b| {
+            b.iter(|| {
+                let analyzed = cache.analyze(black_box(sql), &map).expect("analyze");
+                decide(&analyzed, &[], &map)
+            })
+        });
+    }
+    // A prepared statement's plan is made once; each Bind only decides.
+    let analyzed = cache.analyze(SELECT_PARAM_SQL, &map).expect("analyze");
+    let value = b"48217";
+    let params = [Param {
+        format: 0,
+        value: Some(&value[..]),
+    }];
+    assert!(matches!(decide(&analyzed, &params, &map), Decision::One(_)));
+    group.bench_function(BenchmarkId::new("decide", "bind"), |b| {
+        b.iter(|| decide(black_box(&analyzed), black_box(&params), &map))
+    });
+    group.finish();
+}
 
 fn bench_hash(c: &mut Criterion) {
     let mut group = c.benchmark_group("hash");
@@ -35,6 +97,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_hash
+    targets = bench_hash, bench_route
 }
 criterion_main!(benches);

@@ -55,3 +55,5 @@ pub const MUX_IDLE_RETIRE: Duration = Duration::from_secs(1);
 pub const MUX_OPEN_BACKOFF: Duration = Duration::from_secs(1);
 /// Messages scanned for one extended batch that could run on a shared connection.
 pub const SHARED_BATCH_MESSAGES_MAX: usize = 16;
+/// Statement shapes whose routing plan is kept (the cache starts over when full).
+pub const PLAN_CACHE_MAX: usize = 10_000;

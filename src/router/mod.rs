@@ -3,8 +3,10 @@
 //! Architecture invariant: the router does no I/O and takes no lock; it reads the shard
 //! map snapshot its caller loaded once for the whole transaction.
 
+pub mod decide;
 pub mod hash;
 pub mod shardmap;
+pub mod sql;
 
 pub use shardmap::{BackendId, ShardMap};
 

@@ -1,0 +1,259 @@
+//! A planned statement plus its values -> which backends run it ([`Decision`]).
+//! Pure: no I/O, no lock.
+
+use super::hash::{Key, KeyType};
+use super::shardmap::{BackendId, ShardMap};
+use super::sql::lexer::Literal;
+use super::sql::plan::{Plan, Source};
+use super::sql::Analyzed;
+
+/// A Bind parameter: its format code (0 text, 1 binary) and value (`None`: NULL).
+#[derive(Debug, Clone, Copy)]
+pub struct Param<'a> {
+    pub format: i16,
+    pub value: Option<&'a [u8]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The default backend.
+    Default,
+    /// One backend.
+    One(BackendId),
+    /// Several backends, each running the statement as is (keys on several
+    /// backends: reads are merged, writes commit atomically). Sorted, distinct.
+    Many(Vec<BackendId>),
+    /// Every backend runs it; writes commit atomically.
+    All,
+    /// Every backend runs the read; the results are merged.
+    Scatter,
+    /// INSERT rows by backend: `(backend, row indexes)`, backends sorted.
+    Split(Vec<(BackendId, Vec<usize>)>),
+    /// COPY FROM STDIN into a sharded table: rows split by key.
+    CopyIn,
+    /// COPY TO STDOUT from a sharded table: gathered from every backend.
+    CopyOut,
+    /// BEGIN, SET, SHOW ...: the session's business.
+    Session,
+    /// Cannot be run; the message says why (sent to the client as an error).
+    Error(String),
+}
+
+/// Decides where `analyzed` runs, given the Bind parameters (empty for a simple
+/// Query) and the map snapshot of the transaction.
+pub fn decide(analyzed: &Analyzed, params: &[Param], map: &ShardMap) -> Decision {
+    let values = Values {
+        literals: &analyzed.literals,
+        params,
+    };
+    if let Some(hint) = &analyzed.key_hint {
+        return by_hint(hint, &analyzed.plan, map);
+    }
+    match analyzed.plan.as_ref() {
+        Plan::Default => Decision::Default,
+        Plan::All => Decision::All,
+        Plan::Session => Decision::Session,
+        Plan::Scatter { .. } => Decision::Scatter,
+        Plan::CopyIn { .. } => Decision::CopyIn,
+        Plan::CopyOut { .. } => Decision::CopyOut,
+        Plan::Unsupported(why) => Decision::Error(why.clone()),
+        Plan::Keyed { table, keys, .. } => {
+            let key_type = key_type(map, table);
+            let mut backends = Vec::with_capacity(keys.len());
+            for source in keys {
+                match values.key(source, key_type) {
+                    // `k = NULL` matches no row anywhere.
+                    Ok(None) => {}
+                    Ok(Some(key)) => backends.push(owner(map, &key)),
+                    Err(e) => return Decision::Error(format!("table \"{table}\": {e}")),
+                }
+            }
+            backends.sort_unstable();
+            backends.dedup();
+            match backends.as_slice() {
+                [] => Decision::Default,
+                [one] => Decision::One(*one),
+                _ => Decision::Many(backends),
+            }
+        }
+        Plan::Insert { table, rows } => {
+            let key_type = key_type(map, table);
+            let mut split: Vec<(BackendId, Vec<usize>)> = Vec::new();
+            for (row, source) in rows.iter().enumerate() {
+                let backend = match values.key(source, key_type) {
+                    Ok(Some(key)) => owner(map, &key),
+                    Ok(None) => {
+                        return Decision::Error(format!(
+                            "table \"{table}\": a row's sharding key is NULL"
+                        ))
+                    }
+                    Err(e) => return Decision::Error(format!("table \"{table}\": {e}")),
+                };
+                match split.iter_mut().find(|(b, _)| *b == backend) {
+                    Some((_, rows)) => rows.push(row),
+                    None => split.push((backend, vec![row])),
+                }
+            }
+            split.sort_unstable_by_key(|(b, _)| *b);
+            match split.as_slice() {
+                [(one, _)] => Decision::One(*one),
+                _ => Decision::Split(split),
+            }
+        }
+    }
+}
+
+/// `/* pgshard: key=VALUE */`: the backend owning VALUE, typed as the statement's
+/// sharded table's key (or as an integer if it reads as one, else as text).
+fn by_hint(hint: &str, plan: &Plan, map: &ShardMap) -> Decision {
+    // The hint overrides the plan (the client vouches that everything the
+    // statement touches lives with that key), except for session statements.
+    let table = match plan {
+        Plan::Keyed { table, .. }
+        | Plan::Insert { table, .. }
+        | Plan::Scatter { table }
+        | Plan::CopyIn { table, .. }
+        | Plan::CopyOut { table } => Some(table),
+        Plan::Session => return Decision::Session,
+        _ => None,
+    };
+    let key_type = match table {
+        Some(t) => key_type(map, t),
+        None if hint.parse::<i64>().is_ok() => KeyType::Int,
+        None => KeyType::Text,
+    };
+    match parse_text(hint.as_bytes(), key_type) {
+        Ok(key) => Decision::One(owner(map, &key)),
+        Err(e) => Decision::Error(format!("pgshard key comment: {e}")),
+    }
+}
+
+fn key_type(map: &ShardMap, table: &str) -> KeyType {
+    map.tables
+        .get(table)
+        .map(|t| t.key_type)
+        .unwrap_or(KeyType::Int)
+}
+
+/// The backend owning `key`'s vshard.
+pub fn owner(map: &ShardMap, key: &Key) -> BackendId {
+    let vshard = key.vshard(map.vshards());
+    // The map has exactly `vshards` entries (checked when it was parsed).
+    map.assignment
+        .get(vshard as usize)
+        .copied()
+        .unwrap_or(map.default_backend)
+}
+
+struct Values<'a> {
+    literals: &'a [Literal],
+    params: &'a [Param<'a>],
+}
+
+impl Values<'_> {
+    /// The key `source` gives, typed as `key_type`; `None` for NULL.
+    fn key(&self, source: &Source, key_type: KeyType) -> Result<Option<Key>, String> {
+        let negate = |key: Key| match key {
+            Key::Int(v) => v
+                .checked_neg()
+                .map(|v| Some(Key::Int(v)))
+                .ok_or_else(|| "integer key out of range".to_string()),
+            _ => Err("a negated key must be an integer".to_string()),
+        };
+        match source {
+            Source::Constant(text) => parse_text(text.as_bytes(), key_type).map(Some),
+            Source::NegConstant(text) => negate(parse_text(text.as_bytes(), key_type)?),
+            Source::Literal(i) | Source::NegLiteral(i) => {
+                let literal = self
+                    .literals
+                    .get(*i)
+                    .ok_or_else(|| "a key refers to a missing constant".to_string())?;
+                let key = parse_text(literal.text().as_bytes(), key_type)?;
+                match source {
+                    Source::NegLiteral(_) => negate(key),
+                    _ => Ok(Some(key)),
+                }
+            }
+            Source::Param(i) => {
+                let i = *i;
+                let param = self.params.get(i).ok_or_else(|| {
+                    format!(
+                        "the key is parameter ${} but only {} were bound",
+                        i + 1,
+                        self.params.len()
+                    )
+                })?;
+                let Some(value) = param.value else {
+                    return Ok(None);
+                };
+                let key = if param.format == 1 {
+                    parse_binary(value, key_type)?
+                } else {
+                    parse_text(value, key_type)?
+                };
+                Ok(Some(key))
+            }
+        }
+    }
+}
+
+/// A key value in text form (a literal, a text-format parameter, a key comment).
+pub fn parse_text(text: &[u8], key_type: KeyType) -> Result<Key, String> {
+    let shown = || String::from_utf8_lossy(text).into_owned();
+    match key_type {
+        KeyType::Int => std::str::from_utf8(text)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .map(Key::Int)
+            .ok_or_else(|| format!("\"{}\" is not a valid integer key", shown())),
+        KeyType::Text => Ok(Key::Text(text.to_vec())),
+        KeyType::Uuid => parse_uuid(text)
+            .map(Key::Uuid)
+            .ok_or_else(|| format!("\"{}\" is not a valid uuid key", shown())),
+    }
+}
+
+/// A key value in binary form (a binary-format parameter).
+fn parse_binary(value: &[u8], key_type: KeyType) -> Result<Key, String> {
+    match (key_type, value.len()) {
+        (KeyType::Int, 2) => Ok(Key::Int(i16::from_be_bytes([value[0], value[1]]).into())),
+        (KeyType::Int, 4) => Ok(Key::Int(
+            i32::from_be_bytes([value[0], value[1], value[2], value[3]]).into(),
+        )),
+        (KeyType::Int, 8) => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(value);
+            Ok(Key::Int(i64::from_be_bytes(b)))
+        }
+        (KeyType::Int, n) => Err(format!("a binary integer key of {n} bytes")),
+        (KeyType::Text, _) => Ok(Key::Text(value.to_vec())),
+        (KeyType::Uuid, 16) => {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(value);
+            Ok(Key::Uuid(b))
+        }
+        (KeyType::Uuid, n) => Err(format!("a binary uuid key of {n} bytes")),
+    }
+}
+
+/// A uuid as PostgreSQL reads it: 32 hex digits, dashes and braces allowed.
+fn parse_uuid(text: &[u8]) -> Option<[u8; 16]> {
+    let digits: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|c| !matches!(c, b'-' | b'{' | b'}'))
+        .collect();
+    if digits.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in digits.chunks_exact(2).enumerate() {
+        let hex = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(hex, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

@@ -1,0 +1,396 @@
+//! The routing decision for every statement shape (issue 3's table-driven test).
+
+use super::*;
+use crate::router::sql::PlanCache;
+
+fn map() -> ShardMap {
+    let backends: Vec<_> = (0..4)
+        .map(|i| {
+            (
+                format!("b{i}"),
+                format!("postgresql://u@h:{}/d", 5000 + i),
+                vec![],
+            )
+        })
+        .collect();
+    let text = ShardMap::even_toml(&backends, 1000)
+        + r#"
+reference_tables = []
+
+[[tables]]
+name = "users"
+key = "id"
+
+[[tables]]
+name = "names"
+key = "name"
+type = "text"
+
+[[tables]]
+name = "tokens"
+key = "token"
+type = "uuid"
+"#;
+    // `reference_tables` must come before the tables: put it at the top instead.
+    let text = text.replace("reference_tables = []\n", "");
+    let text = format!("reference_tables = [\"countries\"]\n{text}");
+    ShardMap::parse(&text).unwrap()
+}
+
+fn at(map: &ShardMap, key: Key) -> BackendId {
+    owner(map, &key)
+}
+
+fn run(map: &ShardMap, sql: &str, params: &[Param]) -> Decision {
+    let analyzed = PlanCache::default().analyze(sql, map).unwrap();
+    decide(&analyzed, params, map)
+}
+
+fn check(map: &ShardMap, sql: &str, want: Decision) {
+    assert_eq!(run(map, sql, &[]), want, "{sql}");
+}
+
+fn check_error(map: &ShardMap, sql: &str, params: &[Param], want: &str) {
+    match run(map, sql, params) {
+        Decision::Error(e) => assert!(e.contains(want), "{sql}: {e:?} lacks {want:?}"),
+        other => panic!("{sql}: {other:?}, want an error with {want:?}"),
+    }
+}
+
+fn text(v: &str) -> Param<'_> {
+    Param {
+        format: 0,
+        value: Some(v.as_bytes()),
+    }
+}
+
+#[test]
+fn keyed_statements_go_to_their_key_s_backend() {
+    let m = &map();
+    let int = |v: i64| at(m, Key::Int(v));
+    check(
+        m,
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 48217;",
+        Decision::One(int(48217)),
+    );
+    check(
+        m,
+        "UPDATE pgbench_tellers SET tbalance = tbalance + 5 WHERE tid = 3",
+        Decision::One(int(3)),
+    );
+    check(
+        m,
+        "DELETE FROM pgbench_accounts WHERE aid = -5",
+        Decision::One(int(-5)),
+    );
+    check(
+        m,
+        "SELECT * FROM pgbench_accounts a WHERE a.abalance > 0 AND (a.aid = '7')",
+        Decision::One(int(7)),
+    );
+    check(
+        m,
+        "SELECT * FROM pgbench_accounts WHERE 7::int4 = aid",
+        Decision::One(int(7)),
+    );
+    check(
+        m,
+        "EXPLAIN SELECT * FROM pgbench_accounts WHERE aid = 9",
+        Decision::One(int(9)),
+    );
+    check(
+        m,
+        "SELECT * FROM users WHERE id = 5000000000",
+        Decision::One(int(5_000_000_000)),
+    );
+    check(
+        m,
+        "SELECT * FROM names WHERE name = 'it''s'",
+        Decision::One(at(m, Key::Text(b"it's".to_vec()))),
+    );
+    check(
+        m,
+        "SELECT * FROM names WHERE name = 42",
+        Decision::One(at(m, Key::Text(b"42".to_vec()))),
+    );
+    let uuid = "{01020304-0506-0708-090a-0b0c0d0e0f10}";
+    check(
+        m,
+        &format!("SELECT * FROM tokens WHERE token = '{uuid}'"),
+        Decision::One(at(m, Key::Uuid(std::array::from_fn(|i| i as u8 + 1)))),
+    );
+    let mut many: Vec<BackendId> = (1..=8).map(int).collect();
+    many.sort_unstable();
+    many.dedup();
+    assert!(many.len() > 1, "keys 1..=8 should span backends");
+    check(
+        m,
+        "SELECT * FROM pgbench_accounts WHERE aid IN (1, 2, 3, 4, 5, 6, 7, 8)",
+        Decision::Many(many),
+    );
+}
+
+#[test]
+fn parameters_in_text_and_binary() {
+    let m = &map();
+    let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
+    let want = Decision::One(at(m, Key::Int(77)));
+    assert_eq!(run(m, sql, &[text("77")]), want);
+    for bytes in [
+        &77i16.to_be_bytes()[..],
+        &77i32.to_be_bytes(),
+        &77i64.to_be_bytes(),
+    ] {
+        let p = Param {
+            format: 1,
+            value: Some(bytes),
+        };
+        assert_eq!(run(m, sql, &[p]), want);
+    }
+    let null = Param {
+        format: 0,
+        value: None,
+    };
+    assert_eq!(run(m, sql, &[null]), Decision::Default);
+    let sql = "SELECT * FROM names WHERE name = $2 AND x = $1";
+    assert_eq!(
+        run(m, sql, &[text("x"), text("bob")]),
+        Decision::One(at(m, Key::Text(b"bob".to_vec())))
+    );
+    check_error(
+        m,
+        "SELECT * FROM pgbench_accounts WHERE aid = $1",
+        &[],
+        "only 0 were bound",
+    );
+    let odd = Param {
+        format: 1,
+        value: Some(&[1, 2, 3]),
+    };
+    check_error(
+        m,
+        "SELECT * FROM pgbench_accounts WHERE aid = $1",
+        &[odd],
+        "3 bytes",
+    );
+    check_error(
+        m,
+        "SELECT * FROM pgbench_accounts WHERE aid = 'x'",
+        &[],
+        "not a valid integer key",
+    );
+    check_error(
+        m,
+        "SELECT * FROM tokens WHERE token = 'nope'",
+        &[],
+        "not a valid uuid key",
+    );
+}
+
+#[test]
+fn inserts_split_rows_by_backend() {
+    let m = &map();
+    let int = |v: i64| at(m, Key::Int(v));
+    check(
+        m,
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 10, 5, CURRENT_TIMESTAMP)",
+        Decision::One(int(10)),
+    );
+    let rows: Vec<String> = (1..=8).map(|aid| format!("({aid}, 0, '')")).collect();
+    let sql = format!(
+        "INSERT INTO pgbench_accounts (aid, abalance, filler) VALUES {}",
+        rows.join(", ")
+    );
+    let mut want: Vec<(BackendId, Vec<usize>)> = Vec::new();
+    for (row, aid) in (1..=8).enumerate() {
+        match want.iter_mut().find(|(b, _)| *b == int(aid)) {
+            Some((_, rows)) => rows.push(row),
+            None => want.push((int(aid), vec![row])),
+        }
+    }
+    want.sort_unstable_by_key(|(b, _)| *b);
+    check(m, &sql, Decision::Split(want));
+    check_error(
+        m,
+        "INSERT INTO pgbench_accounts VALUES (1, 1, 0, '')",
+        &[],
+        "must list its key column \"aid\"",
+    );
+    check_error(
+        m,
+        "INSERT INTO pgbench_accounts (aid, bid) SELECT aid, bid FROM other",
+        &[],
+        "needs VALUES",
+    );
+    check_error(
+        m,
+        "INSERT INTO pgbench_accounts (aid) VALUES (1 + 1)",
+        &[],
+        "must be a constant or a parameter",
+    );
+    check_error(
+        m,
+        "INSERT INTO pgbench_accounts (aid) VALUES (NULL)",
+        &[],
+        "must be a constant or a parameter",
+    );
+}
+
+#[test]
+fn keyless_reads_scatter_and_keyless_writes_go_everywhere() {
+    let m = &map();
+    check(
+        m,
+        "SELECT count(*) FROM pgbench_accounts",
+        Decision::Scatter,
+    );
+    check(
+        m,
+        "SELECT * FROM pgbench_accounts WHERE aid = 7 OR aid = 8",
+        Decision::Scatter,
+    );
+    check(m, "UPDATE pgbench_accounts SET abalance = 0", Decision::All);
+    check(m, "DELETE FROM pgbench_history", Decision::All);
+    check(
+        m,
+        "WITH gone AS (DELETE FROM pgbench_accounts RETURNING *) SELECT count(*) FROM gone",
+        Decision::All,
+    );
+}
+
+#[test]
+fn ddl_maintenance_and_reference_tables() {
+    let m = &map();
+    for sql in [
+        "CREATE TABLE foo (a int)",
+        "DROP TABLE IF EXISTS pgbench_accounts, pgbench_branches",
+        "CREATE INDEX ON pgbench_accounts (bid)",
+        "ALTER TABLE pgbench_accounts ADD COLUMN x int",
+        "TRUNCATE pgbench_history",
+        "VACUUM pgbench_accounts",
+        "VACUUM ANALYZE",
+        "ANALYZE pgbench_accounts",
+        "INSERT INTO countries VALUES (1, 'x')",
+        "UPDATE countries SET name = 'y'",
+    ] {
+        check(m, sql, Decision::All);
+    }
+    check(m, "SELECT * FROM countries", Decision::Default);
+    check(m, "SELECT * FROM pg_catalog.pg_class", Decision::Default);
+    check(m, "SELECT 1", Decision::Default);
+    check(m, "INSERT INTO unknown_table VALUES (1)", Decision::Default);
+}
+
+#[test]
+fn session_statements_copy_and_hints() {
+    let m = &map();
+    for sql in [
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "SET work_mem = '8MB'",
+        "SHOW work_mem",
+    ] {
+        check(m, sql, Decision::Session);
+    }
+    check(m, "COPY pgbench_accounts FROM STDIN", Decision::CopyIn);
+    check(
+        m,
+        "copy pgbench_accounts (aid, bid) from stdin with (format csv)",
+        Decision::CopyIn,
+    );
+    check(m, "COPY pgbench_accounts TO STDOUT", Decision::CopyOut);
+    check(m, "COPY countries FROM STDIN", Decision::All);
+    check(m, "COPY other FROM STDIN", Decision::Default);
+    check_error(
+        m,
+        "COPY pgbench_accounts FROM '/tmp/x'",
+        &[],
+        "file or program",
+    );
+    check(
+        m,
+        "/* pgshard: key=42 */ SELECT count(*) FROM pgbench_accounts",
+        Decision::One(at(m, Key::Int(42))),
+    );
+    check(
+        m,
+        "/* pgshard: key=bob */ SELECT now()",
+        Decision::One(at(m, Key::Text(b"bob".to_vec()))),
+    );
+}
+
+#[test]
+fn shapes_that_cannot_be_routed_get_clear_errors() {
+    let m = &map();
+    check_error(
+        m,
+        "SELECT * FROM pgbench_accounts a JOIN pgbench_branches b ON a.bid = b.bid",
+        &[],
+        "more than one sharded table",
+    );
+    check_error(
+        m,
+        "SELECT 1; SELECT * FROM pgbench_accounts WHERE aid = 1",
+        &[],
+        "several statements",
+    );
+    check_error(
+        m,
+        "SELECT * FROM pgbench_accounts WHERE aid = 1 ANY RUBBISH HERE",
+        &[],
+        "cannot parse this statement",
+    );
+    check_error(
+        m,
+        "INSERT INTO other SELECT * FROM pgbench_accounts",
+        &[],
+        "from a query on a sharded table",
+    );
+}
+
+#[test]
+fn one_plan_per_statement_shape() {
+    let m = &map();
+    let cache = PlanCache::default();
+    for aid in 0..100 {
+        let sql = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid}");
+        let analyzed = cache.analyze(&sql, m).unwrap();
+        assert_eq!(
+            decide(&analyzed, &[], m),
+            Decision::One(at(m, Key::Int(aid)))
+        );
+    }
+    assert_eq!(cache.len(), 1);
+}
+
+#[test]
+fn statements_whose_constants_are_syntax_still_route() {
+    let m = &map();
+    // Whether or not the normalized form parses, the key is found.
+    check(
+        m,
+        "SELECT * FROM pgbench_accounts WHERE aid = 5 AND mtime > TIMESTAMP '2020-01-01' - INTERVAL '1 day'",
+        Decision::One(at(m, Key::Int(5))),
+    );
+    check(
+        m,
+        "SELECT * FROM pgbench_accounts WHERE aid = -5 AND d > DATE '2020-01-01'",
+        Decision::One(at(m, Key::Int(-5))),
+    );
+}
+
+#[test]
+fn no_input_makes_the_router_panic() {
+    let m = &map();
+    let cache = PlanCache::default();
+    let base =
+        "INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES ($1, 'a''b', -3, E'\\n') \
+                /* x /* y */ */ -- z\n; SELECT * FROM pgbench_accounts WHERE aid IN ($2, $$q$$)";
+    for end in 0..=base.len() {
+        if let Ok(analyzed) = cache.analyze(&base[..end], m) {
+            let _ = decide(&analyzed, &[text("1"), text("zz")], m);
+            let _ = decide(&analyzed, &[], m);
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Statements -> what routing needs: which sharded tables a statement touches and
+//! where its key values come from (DESIGN.md section 5). `lexer.rs` finds literals
+//! and comments, `plan.rs` reads the parsed statement, `cache.rs` keeps one plan per
+//! statement shape.
+
+pub mod cache;
+pub mod lexer;
+pub mod plan;
+
+pub use cache::{Analyzed, PlanCache};

@@ -1,0 +1,513 @@
+//! A parsed statement -> a [`Plan`]: which sharded table it touches and where its
+//! key values come from (a literal of the statement, or a Bind parameter). Plans are
+//! made from the normalized text (`lexer.rs`), so one plan serves every statement
+//! that differs only in its literal values.
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    visit_relations, BinaryOperator, CopySource, Expr, FromTable, Ident, InTarget, ObjectName,
+    ObjectNamePart, Query, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
+    UnaryOperator, Value,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use super::lexer::LITERAL_BASE;
+use crate::router::shardmap::ShardMap;
+
+/// Where a key value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The statement's literal number `i` (`lexer::Normalized::literals[i]`).
+    Literal(usize),
+    /// The same, negated (`k = -5`).
+    NegLiteral(usize),
+    /// Bind parameter `i` (0-based; `$1` is 0).
+    Param(usize),
+    /// A constant read from the statement itself, when only its original text
+    /// parsed (such a plan is not cached: it holds the statement's values).
+    Constant(String),
+    /// The same, negated.
+    NegConstant(String),
+}
+
+/// What a statement needs from the backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Touches no sharded table (catalog queries, unknown tables, reads of reference
+    /// tables): the default backend.
+    Default,
+    /// Every backend, in one distributed transaction: DDL, maintenance, writes to
+    /// reference tables, writes to a sharded table without a key.
+    All,
+    /// A sharded table with its key constrained: the backends owning these keys'
+    /// vshards (one, for `k = v`; maybe several, for `k IN (...)`).
+    Keyed {
+        table: String,
+        keys: Vec<Source>,
+        write: bool,
+    },
+    /// INSERT ... VALUES into a sharded table: one key per row, rows split by backend.
+    Insert { table: String, rows: Vec<Source> },
+    /// COPY FROM STDIN into a sharded table: rows split by backend on their key.
+    CopyIn {
+        table: String,
+        /// The COPY's column list (empty: the table's columns, in order).
+        columns: Vec<String>,
+    },
+    /// COPY TO STDOUT from a sharded table: gathered from every backend.
+    CopyOut { table: String },
+    /// A read of a sharded table without a key: every backend, results merged.
+    Scatter { table: String },
+    /// Transaction control and session statements (BEGIN, SET, SHOW ...).
+    Session,
+    /// Cannot run correctly across shards; the message says why.
+    Unsupported(String),
+}
+
+/// Plans one statement from its normalized text, or else its original text (some
+/// constants are syntax, as in `COPY t FROM 'file'`; such a plan holds values and
+/// comes back with `false`: do not cache). A statement that parses neither way goes
+/// to the default backend (PostgreSQL will report the error) unless it names a
+/// sharded table, or is maintenance that belongs on every backend.
+pub fn plan(normalized: &str, original: &str, map: &ShardMap) -> (Plan, bool) {
+    let dialect = PostgreSqlDialect {};
+    let (statements, cacheable) = match Parser::parse_sql(&dialect, normalized) {
+        Ok(statements) => (statements, true),
+        Err(_) => match Parser::parse_sql(&dialect, original) {
+            Ok(statements) => (statements, false),
+            Err(_) => return (unparsed(normalized, map), true),
+        },
+    };
+    (plan_statements(&statements, map), cacheable)
+}
+
+fn plan_statements(statements: &[Statement], map: &ShardMap) -> Plan {
+    match statements {
+        [] => Plan::Session,
+        [one] => plan_statement(one, map),
+        _ => {
+            let plans: Vec<Plan> = statements.iter().map(|s| plan_statement(s, map)).collect();
+            if plans
+                .iter()
+                .all(|p| matches!(p, Plan::Default | Plan::Session))
+            {
+                Plan::Default
+            } else {
+                Plan::Unsupported(
+                    "several statements in one query string, one of them on a sharded or \
+                     reference table: send them one at a time"
+                        .into(),
+                )
+            }
+        }
+    }
+}
+
+fn plan_statement(statement: &Statement, map: &ShardMap) -> Plan {
+    let tables = Tables::of(statement, map);
+    match statement {
+        Statement::Query(query) => plan_query(query, &tables),
+        Statement::Insert(insert) => plan_insert(insert, &tables),
+        Statement::Update(update) => {
+            let from = std::slice::from_ref(&update.table);
+            plan_write(&tables, from, update.selection.as_ref())
+        }
+        Statement::Delete(delete) => {
+            let from = match &delete.from {
+                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t.as_slice(),
+            };
+            plan_write(&tables, from, delete.selection.as_ref())
+        }
+        Statement::Copy {
+            source, to, target, ..
+        } => plan_copy(source, *to, target, &tables),
+        Statement::Explain { statement, .. } => match plan_statement(statement, map) {
+            plan @ (Plan::Default | Plan::Keyed { .. }) => plan,
+            _ => Plan::Unsupported("EXPLAIN of a statement that spans backends".into()),
+        },
+        s if is_session(s) => Plan::Session,
+        // DDL and the rest: the same on every backend, so schemas stay alike.
+        _ => Plan::All,
+    }
+}
+
+fn is_session(s: &Statement) -> bool {
+    matches!(
+        s,
+        Statement::StartTransaction { .. }
+            | Statement::Commit { .. }
+            | Statement::Rollback { .. }
+            | Statement::Savepoint { .. }
+            | Statement::ReleaseSavepoint { .. }
+            | Statement::Set(_)
+            | Statement::ShowVariable { .. }
+            | Statement::ShowVariables { .. }
+            | Statement::Discard { .. }
+            | Statement::Deallocate { .. }
+            | Statement::Prepare { .. }
+            | Statement::Execute { .. }
+            | Statement::LISTEN { .. }
+            | Statement::UNLISTEN { .. }
+            | Statement::NOTIFY { .. }
+    )
+}
+
+/// The sharded and reference tables a statement names.
+struct Tables<'m> {
+    map: &'m ShardMap,
+    sharded: BTreeSet<String>,
+    reference: bool,
+}
+
+impl<'m> Tables<'m> {
+    fn of(statement: &Statement, map: &'m ShardMap) -> Tables<'m> {
+        let mut tables = Tables {
+            map,
+            sharded: BTreeSet::new(),
+            reference: false,
+        };
+        let _ = visit_relations(statement, |name| {
+            let name = table_name(name);
+            if map.tables.contains_key(&name) {
+                tables.sharded.insert(name);
+            } else if map.reference_tables.contains(&name) {
+                tables.reference = true;
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        tables
+    }
+
+    /// The one sharded table, or why there is not exactly one.
+    fn single(&self) -> Result<Option<&str>, Plan> {
+        let mut it = self.sharded.iter();
+        match (it.next(), it.next()) {
+            (None, _) => Ok(None),
+            (Some(t), None) => Ok(Some(t)),
+            (Some(a), Some(b)) => Err(Plan::Unsupported(format!(
+                "a statement on more than one sharded table (\"{a}\", \"{b}\") is not \
+                 supported yet"
+            ))),
+        }
+    }
+}
+
+fn plan_query(query: &Query, tables: &Tables) -> Plan {
+    let table = match tables.single() {
+        Ok(Some(t)) => t.to_owned(),
+        Ok(None) => return Plan::Default,
+        Err(plan) => return plan,
+    };
+    let write = has_dml(query);
+    let select = match query.body.as_ref() {
+        SetExpr::Select(select) => Some(select),
+        _ => None,
+    };
+    let keys = select.and_then(|s| {
+        let key = &tables.map.tables[&table].key;
+        key_sources(s.selection.as_ref()?, &table, key, &s.from)
+    });
+    match keys {
+        Some(keys) => Plan::Keyed { table, keys, write },
+        None if write => Plan::All,
+        None => Plan::Scatter { table },
+    }
+}
+
+fn plan_insert(insert: &sqlparser::ast::Insert, tables: &Tables) -> Plan {
+    let TableObject::TableName(name) = &insert.table else {
+        return Plan::Unsupported("INSERT into a table function".into());
+    };
+    let name = table_name(name);
+    let Some(table) = tables.map.tables.get(&name) else {
+        if tables.map.reference_tables.contains(&name) {
+            return Plan::All;
+        }
+        return match tables.single() {
+            Ok(None) => Plan::Default,
+            // Reads a sharded table to insert elsewhere.
+            _ => Plan::Unsupported(format!(
+                "INSERT into \"{name}\" from a query on a sharded table"
+            )),
+        };
+    };
+    if tables.sharded.len() > 1 {
+        return Plan::Unsupported(format!(
+            "INSERT into sharded table \"{name}\" from a query on another sharded table"
+        ));
+    }
+    let position = insert.columns.iter().position(|c| {
+        c.0.last()
+            .and_then(ObjectNamePart::as_ident)
+            .is_some_and(|i| ident_is(i, &table.key))
+    });
+    let Some(position) = position else {
+        return Plan::Unsupported(format!(
+            "INSERT into sharded table \"{name}\" must list its key column \"{}\"",
+            table.key
+        ));
+    };
+    let rows = match insert.source.as_deref().map(|q| q.body.as_ref()) {
+        Some(SetExpr::Values(values)) => &values.rows,
+        _ => {
+            return Plan::Unsupported(format!("INSERT into sharded table \"{name}\" needs VALUES"))
+        }
+    };
+    let mut keys = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row.get(position).and_then(source) {
+            Some(key) => keys.push(key),
+            None => {
+                return Plan::Unsupported(format!(
+                    "INSERT into sharded table \"{name}\": each row's key \"{}\" must be a \
+                     constant or a parameter",
+                    table.key
+                ))
+            }
+        }
+    }
+    Plan::Insert {
+        table: name,
+        rows: keys,
+    }
+}
+
+/// UPDATE or DELETE.
+fn plan_write(tables: &Tables, from: &[TableWithJoins], selection: Option<&Expr>) -> Plan {
+    let table = match tables.single() {
+        Ok(Some(t)) => t.to_owned(),
+        Ok(None) if tables.reference => return Plan::All,
+        Ok(None) => return Plan::Default,
+        Err(plan) => return plan,
+    };
+    let key = &tables.map.tables[&table].key;
+    match selection.and_then(|s| key_sources(s, &table, key, from)) {
+        Some(keys) => Plan::Keyed {
+            table,
+            keys,
+            write: true,
+        },
+        None => Plan::All,
+    }
+}
+
+fn plan_copy(
+    source: &CopySource,
+    to: bool,
+    target: &sqlparser::ast::CopyTarget,
+    tables: &Tables,
+) -> Plan {
+    let CopySource::Table {
+        table_name: copied,
+        columns,
+    } = source
+    else {
+        // COPY (query) TO ...
+        return match tables.single() {
+            Ok(None) => Plan::Default,
+            _ => Plan::Unsupported("COPY (query) on a sharded table".into()),
+        };
+    };
+    let name = table_name(copied);
+    if !tables.map.tables.contains_key(&name) {
+        if tables.map.reference_tables.contains(&name) && !to {
+            return Plan::All;
+        }
+        return Plan::Default;
+    }
+    let stdio = matches!(
+        target,
+        sqlparser::ast::CopyTarget::Stdin | sqlparser::ast::CopyTarget::Stdout
+    );
+    if !stdio {
+        return Plan::Unsupported(format!(
+            "COPY of sharded table \"{name}\" to or from a file or program (use STDIN/STDOUT)"
+        ));
+    }
+    if to {
+        Plan::CopyOut { table: name }
+    } else {
+        Plan::CopyIn {
+            table: name,
+            columns: columns.iter().map(ident_name).collect(),
+        }
+    }
+}
+
+/// The key values `selection` pins `table.key` to: `key = v`, `v = key` or
+/// `key IN (v, ...)`, possibly inside ANDs. `None`: not pinned.
+fn key_sources(
+    selection: &Expr,
+    table: &str,
+    key: &str,
+    from: &[TableWithJoins],
+) -> Option<Vec<Source>> {
+    let names = names_of(table, from);
+    find_keys(selection, key, &names)
+}
+
+fn find_keys(expr: &Expr, key: &str, names: &[String]) -> Option<Vec<Source>> {
+    match expr {
+        Expr::Nested(inner) => find_keys(inner, key, names),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => find_keys(left, key, names).or_else(|| find_keys(right, key, names)),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } => {
+            if is_key(left, key, names) {
+                source(right).map(|s| vec![s])
+            } else if is_key(right, key, names) {
+                source(left).map(|s| vec![s])
+            } else {
+                None
+            }
+        }
+        Expr::In {
+            expr,
+            target: InTarget::List(list),
+            negated: false,
+            ..
+        } if is_key(expr, key, names) && !list.is_empty() => {
+            list.iter().map(source).collect::<Option<Vec<_>>>()
+        }
+        _ => None,
+    }
+}
+
+/// The names a column of `table` may be qualified with: the table and its aliases.
+fn names_of(table: &str, from: &[TableWithJoins]) -> Vec<String> {
+    let mut names = vec![table.to_owned()];
+    let factors = from
+        .iter()
+        .flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)));
+    for factor in factors {
+        if let TableFactor::Table {
+            name,
+            alias: Some(alias),
+            ..
+        } = factor
+        {
+            if table_name(name) == table {
+                names.push(ident_name(&alias.name));
+            }
+        }
+    }
+    names
+}
+
+fn is_key(expr: &Expr, key: &str, names: &[String]) -> bool {
+    match expr {
+        Expr::Nested(inner) => is_key(inner, key, names),
+        Expr::Identifier(ident) => ident_is(ident, key),
+        Expr::CompoundIdentifier(parts) => match parts.as_slice() {
+            [.., qualifier, column] => {
+                ident_is(column, key) && names.contains(&ident_name(qualifier))
+            }
+            [column] => ident_is(column, key),
+            [] => false,
+        },
+        _ => false,
+    }
+}
+
+/// A key value the router can read: a literal or parameter, maybe cast or negated.
+fn source(expr: &Expr) -> Option<Source> {
+    match expr {
+        Expr::Nested(inner) | Expr::Cast { expr: inner, .. } => source(inner),
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => match source(expr)? {
+            Source::Literal(i) => Some(Source::NegLiteral(i)),
+            Source::Constant(c) => Some(Source::NegConstant(c)),
+            _ => None,
+        },
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => Some(Source::Constant(n.to_string())),
+            Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => {
+                Some(Source::Constant(s.clone()))
+            }
+            Value::Placeholder(p) => {
+                let n: u32 = p.strip_prefix('$')?.parse().ok()?;
+                if n >= LITERAL_BASE {
+                    Some(Source::Literal((n - LITERAL_BASE) as usize))
+                } else {
+                    n.checked_sub(1).map(|i| Source::Param(i as usize))
+                }
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Whether a query modifies data (a data-modifying WITH, or SELECT ... INTO).
+fn has_dml(query: &Query) -> bool {
+    let body_writes = |body: &SetExpr| {
+        matches!(
+            body,
+            SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
+        )
+    };
+    let into = matches!(query.body.as_ref(), SetExpr::Select(s) if s.into.is_some());
+    into || body_writes(&query.body)
+        || query.with.as_ref().is_some_and(|with| {
+            with.cte_tables
+                .iter()
+                .any(|cte| body_writes(&cte.query.body) || has_dml(&cte.query))
+        })
+}
+
+/// A table's name as the map knows it: the last part, lowercased unless quoted.
+fn table_name(name: &ObjectName) -> String {
+    name.0
+        .last()
+        .and_then(ObjectNamePart::as_ident)
+        .map(ident_name)
+        .unwrap_or_default()
+}
+
+fn ident_name(ident: &Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_ascii_lowercase(),
+    }
+}
+
+fn ident_is(ident: &Ident, name: &str) -> bool {
+    ident_name(ident) == name
+}
+
+/// A statement the parser does not understand.
+fn unparsed(sql: &str, map: &ShardMap) -> Plan {
+    let words: Vec<String> = sql
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let first = words.first().map(String::as_str).unwrap_or("");
+    if matches!(
+        first,
+        "vacuum" | "analyze" | "analyse" | "cluster" | "reindex" | "checkpoint"
+    ) {
+        return Plan::All;
+    }
+    if let Some(table) = words
+        .iter()
+        .find(|w| map.tables.contains_key(*w) || map.reference_tables.contains(*w))
+    {
+        return Plan::Unsupported(format!(
+            "pgshard cannot parse this statement, and it names sharded or reference table \
+             \"{table}\""
+        ));
+    }
+    Plan::Default
+}
