@@ -7,11 +7,13 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::twophase::Coordinator;
 use crate::backend::Topology;
 use crate::config::Config;
 use crate::frontend::auth::Secrets;
 use crate::frontend::clients::ClientRegistry;
 use crate::frontend::statements::KnownStatements;
+use crate::limits;
 use crate::router::ShardMap;
 use crate::stats::Stats;
 
@@ -23,6 +25,8 @@ pub struct App {
     pub secrets: Secrets,
     /// Statements some server accepted; a Parse of one needs no server.
     pub known_statements: KnownStatements,
+    /// Two-phase commits across backends; its decision log is on the default backend.
+    pub coordinator: Coordinator,
     pub stats: Stats,
     pub shutdown: CancellationToken,
     pub started: Instant,
@@ -32,12 +36,15 @@ impl App {
     pub fn new(config: Config, map: ShardMap, stats: Stats) -> Arc<App> {
         let topology = Topology::new(map, None, config.pool_size, config.checkout_timeout);
         let secrets = Secrets::new(&config.users);
+        let log = topology.pool(topology.map.default_backend).clone();
+        let coordinator = Coordinator::new(log, limits::TWO_PHASE_ABORT_AFTER);
         Arc::new(App {
             config,
             topology: ArcSwap::from_pointee(topology),
             clients: ClientRegistry::default(),
             secrets,
             known_statements: KnownStatements::default(),
+            coordinator,
             stats,
             shutdown: CancellationToken::new(),
             started: Instant::now(),

@@ -57,3 +57,8 @@ pub const MUX_OPEN_BACKOFF: Duration = Duration::from_secs(1);
 pub const SHARED_BATCH_MESSAGES_MAX: usize = 16;
 /// Statement shapes whose routing plan is kept (the cache starts over when full).
 pub const PLAN_CACHE_MAX: usize = 10_000;
+/// A prepared transaction with no logged decision is rolled back once this old (a live
+/// coordinator decides within milliseconds).
+pub const TWO_PHASE_ABORT_AFTER: Duration = Duration::from_secs(60);
+/// How often prepared transactions left by two-phase commits are looked for.
+pub const TWO_PHASE_RECOVERY_INTERVAL: Duration = Duration::from_secs(30);

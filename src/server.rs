@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 
 use crate::app::App;
 use crate::config::Config;
+use crate::limits;
 use crate::router::ShardMap;
 use crate::stats::Stats;
 
@@ -57,7 +58,31 @@ impl Proxy {
         if let Some(http) = http {
             tokio::spawn(crate::admin::http::serve(app.clone(), http));
         }
+        tokio::spawn(recover_two_phase(app.clone()));
         tracing::info!(addr = %app.config.listen, "pgshard is listening");
         crate::frontend::serve(app, listener).await;
+    }
+}
+
+/// Resolves prepared transactions left by two-phase commits, at start and then
+/// periodically (see `backend::twophase`).
+async fn recover_two_phase(app: Arc<App>) {
+    loop {
+        let topology = app.topology.load_full();
+        match app.coordinator.recover(&topology.pools).await {
+            Ok(done) if done.committed + done.rolled_back > 0 => {
+                tracing::info!(
+                    committed = done.committed,
+                    rolled_back = done.rolled_back,
+                    "two-phase recovery"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "two-phase recovery failed; will retry"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(limits::TWO_PHASE_RECOVERY_INTERVAL) => {}
+            _ = app.shutdown.cancelled() => return,
+        }
     }
 }

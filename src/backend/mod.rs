@@ -6,6 +6,7 @@ pub mod mux;
 pub mod pool;
 pub mod server;
 pub mod stream;
+pub mod twophase;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -85,24 +85,69 @@ impl ServerConn {
 
     /// Runs an internal simple query and discards its replies; fails on an error.
     pub async fn execute(&mut self, sql: &str) -> Result<(), ServerError> {
+        self.simple(sql).await.map(|_| ())
+    }
+
+    /// Runs an internal simple query; returns the first column of its rows (text,
+    /// `None` for NULL).
+    pub async fn query_column(&mut self, sql: &str) -> Result<Vec<Option<String>>, ServerError> {
+        self.simple(sql).await.map(|reply| reply.rows)
+    }
+
+    /// Runs an internal simple query. Fails on an error, after reading up to
+    /// ReadyForQuery; a failure other than the server's error leaves the connection
+    /// marked broken.
+    pub async fn simple(&mut self, sql: &str) -> Result<SimpleReply, ServerError> {
+        let result = self.run_simple(sql).await;
+        if matches!(&result, Err(e) if !matches!(e, ServerError::Server(_))) {
+            self.broken = true;
+        }
+        result
+    }
+
+    async fn run_simple(&mut self, sql: &str) -> Result<SimpleReply, ServerError> {
         let mut out = BytesMut::new();
         messages::query(&mut out, sql);
         self.stream.write_all(&out).await?;
         let mut failure = None;
+        let mut reply = SimpleReply::default();
         loop {
             let info = self.read_frame().await?;
             let frame = self.rbuf.split_to(info.len);
+            let payload = &frame[info.payload()];
             match info.tag {
-                b'E' => failure = messages::parse_error_fields(&frame[info.payload()]),
+                b'E' => failure = messages::parse_error_fields(payload),
+                b'D' => reply.rows.push(first_column(payload)),
+                b'C' => {
+                    let tag = payload.strip_suffix(b"\0").unwrap_or(payload);
+                    reply.tag = String::from_utf8_lossy(tag).into_owned();
+                }
                 b'Z' => break,
                 _ => {}
             }
         }
         match failure {
             Some(fields) => Err(ServerError::Server(fields)),
-            None => Ok(()),
+            None => Ok(reply),
         }
     }
+}
+
+/// What an internal simple query returned.
+#[derive(Debug, Default)]
+pub struct SimpleReply {
+    /// The first column of each row.
+    pub rows: Vec<Option<String>>,
+    /// The last CommandComplete tag.
+    pub tag: String,
+}
+
+/// The first value of a DataRow payload, as text.
+fn first_column(payload: &[u8]) -> Option<String> {
+    let len = i32::from_be_bytes(payload.get(2..6)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    let value = payload.get(6..6 + len)?;
+    Some(String::from_utf8_lossy(value).into_owned())
 }
 
 async fn read_frame(

@@ -130,8 +130,10 @@ fn ensure_replication_hba(node: &Node) -> Result<(), ClusterError> {
 pub(crate) fn write_node_settings(node: &Node) -> Result<(), ClusterError> {
     // The socket lives in the data dir so nothing touches /var/run/postgresql.
     let socket_dir = quote(&node.data_dir.to_string_lossy());
+    // Prepared transactions carry pgshard's two-phase commits (replicas need at
+    // least the primary's value, so every node gets the same).
     let settings = format!(
-        "port = {}\nunix_socket_directories = {socket_dir}\n",
+        "port = {}\nunix_socket_directories = {socket_dir}\nmax_prepared_transactions = 100\n",
         node.port
     );
     append(node, "postgresql.conf", &settings)

@@ -1,0 +1,255 @@
+//! Two-phase commit across backends, with the decision logged in PostgreSQL.
+//!
+//! A transaction that wrote on several backends commits in three steps:
+//! 1. `prepare`: `PREPARE TRANSACTION gid` on every participant (any failure rolls
+//!    everything back);
+//! 2. `decide`: the gid is inserted into the log table on the log backend (the map's
+//!    default backend), an autocommit insert, durable once it returns: from here on
+//!    the transaction is committed;
+//! 3. `finish`: `COMMIT PREPARED gid` on every participant, then the log row goes.
+//!
+//! `recover` (at start and periodically) resolves what a crash or a lost connection
+//! left behind: a prepared transaction with pgshard's gid prefix is committed if its
+//! gid is in the log, and rolled back if not (presumed abort) once it is old enough
+//! that no live coordinator can still be deciding it.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::pool::{Pool, PoolError};
+use super::server::{ServerConn, ServerError};
+
+/// Every gid pgshard makes starts with this.
+pub const GID_PREFIX: &str = "pgshard_";
+/// The decision log, on the log backend.
+pub const LOG_TABLE: &str = "pgshard_2pc_log";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TwoPhaseError {
+    #[error("backend {backend}: {source}")]
+    Participant { backend: usize, source: ServerError },
+    #[error("writing the commit decision: {0}")]
+    Log(ServerError),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+/// What one recovery pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    pub committed: usize,
+    pub rolled_back: usize,
+}
+
+pub struct Coordinator {
+    /// Where the decision log lives.
+    log: Arc<Pool>,
+    /// Undecided transactions younger than this are left alone by recovery.
+    abort_after: Duration,
+    /// Gids this process is committing right now (recovery must not touch them).
+    inflight: Mutex<HashSet<String>>,
+}
+
+impl Coordinator {
+    pub fn new(log: Arc<Pool>, abort_after: Duration) -> Coordinator {
+        Coordinator {
+            log,
+            abort_after,
+            inflight: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// A new global transaction id.
+    pub fn new_gid() -> String {
+        format!("{GID_PREFIX}{:032x}", rand::random::<u128>())
+    }
+
+    /// Commits the transactions open on `participants` (each inside BEGIN, its
+    /// work done) as one. On error nothing is committed unless the decision was
+    /// logged, in which case the commit completes (now or by recovery).
+    pub async fn commit(&self, participants: &mut [&mut ServerConn]) -> Result<(), TwoPhaseError> {
+        let gid = Coordinator::new_gid();
+        self.track(&gid, true);
+        let result = self.commit_as(&gid, participants).await;
+        self.track(&gid, false);
+        result
+    }
+
+    async fn commit_as(
+        &self,
+        gid: &str,
+        participants: &mut [&mut ServerConn],
+    ) -> Result<(), TwoPhaseError> {
+        self.prepare(gid, participants).await?;
+        if let Err(e) = self.decide(gid).await {
+            // Not logged: abort. Whatever cannot be rolled back now, recovery will.
+            rollback_prepared(gid, participants).await;
+            return Err(e);
+        }
+        self.finish(gid, participants).await
+    }
+
+    /// Step 1. On failure every participant is rolled back.
+    pub async fn prepare(
+        &self,
+        gid: &str,
+        participants: &mut [&mut ServerConn],
+    ) -> Result<(), TwoPhaseError> {
+        let sql = format!("PREPARE TRANSACTION '{gid}'");
+        for i in 0..participants.len() {
+            // In a failed transaction PREPARE rolls back and says so only in its tag.
+            let prepared = match participants[i].simple(&sql).await {
+                Ok(reply) if reply.tag == "PREPARE TRANSACTION" => Ok(()),
+                Ok(reply) => Err(ServerError::Protocol(format!(
+                    "PREPARE TRANSACTION answered \"{}\" (the transaction had failed)",
+                    reply.tag
+                ))),
+                Err(e) => Err(e),
+            };
+            if let Err(source) = prepared {
+                // A failed PREPARE has already rolled that participant back.
+                for p in participants[..i].iter_mut() {
+                    let _ = p.execute(&format!("ROLLBACK PREPARED '{gid}'")).await;
+                }
+                for p in participants[i + 1..].iter_mut() {
+                    let _ = p.execute("ROLLBACK").await;
+                }
+                return Err(TwoPhaseError::Participant { backend: i, source });
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 2: the commit decision, durable when this returns.
+    pub async fn decide(&self, gid: &str) -> Result<(), TwoPhaseError> {
+        let mut log = self.log.checkout().await?;
+        ensure_log(&mut log).await.map_err(TwoPhaseError::Log)?;
+        let sql = format!("INSERT INTO {LOG_TABLE} (gid) VALUES ('{gid}')");
+        log.execute(&sql).await.map_err(TwoPhaseError::Log)
+    }
+
+    /// Step 3. A participant that cannot be reached now is committed by recovery
+    /// (its prepared transaction survives the lost connection); the log row stays
+    /// until every participant has committed.
+    pub async fn finish(
+        &self,
+        gid: &str,
+        participants: &mut [&mut ServerConn],
+    ) -> Result<(), TwoPhaseError> {
+        let sql = format!("COMMIT PREPARED '{gid}'");
+        let mut failure = None;
+        for (i, p) in participants.iter_mut().enumerate() {
+            if let Err(source) = p.execute(&sql).await {
+                failure.get_or_insert(TwoPhaseError::Participant { backend: i, source });
+            }
+        }
+        if let Some(failure) = failure {
+            tracing::warn!(%gid, error = %failure, "commit left to recovery");
+            return Err(failure);
+        }
+        let mut log = self.log.checkout().await?;
+        let sql = format!("DELETE FROM {LOG_TABLE} WHERE gid = '{gid}'");
+        // A row left behind is removed by the next recovery pass.
+        let _ = log.execute(&sql).await;
+        Ok(())
+    }
+
+    /// Resolves pgshard's prepared transactions on every backend in `pools`.
+    pub async fn recover(&self, pools: &[Arc<Pool>]) -> Result<Recovered, TwoPhaseError> {
+        let mut log = self.log.checkout().await?;
+        ensure_log(&mut log).await.map_err(TwoPhaseError::Log)?;
+        let committed: HashSet<String> = log
+            .query_column(&format!("SELECT gid FROM {LOG_TABLE}"))
+            .await
+            .map_err(TwoPhaseError::Log)?
+            .into_iter()
+            .flatten()
+            .collect();
+        drop(log);
+        let mut done = Recovered::default();
+        let mut still_prepared = HashSet::new();
+        for (i, pool) in pools.iter().enumerate() {
+            let mut conn = pool.checkout().await?;
+            let participant = |source| TwoPhaseError::Participant { backend: i, source };
+            let sql = format!(
+                "SELECT gid || ' ' || (now() - prepared > interval '{} milliseconds')::text \
+                 FROM pg_prepared_xacts WHERE gid LIKE '{GID_PREFIX}%' \
+                 AND database = current_database()",
+                self.abort_after.as_millis()
+            );
+            let rows = conn.query_column(&sql).await.map_err(participant)?;
+            for row in rows.into_iter().flatten() {
+                let Some((gid, old)) = row.split_once(' ') else {
+                    continue;
+                };
+                if self.is_inflight(gid) {
+                    still_prepared.insert(gid.to_owned());
+                    continue;
+                }
+                if committed.contains(gid) {
+                    conn.execute(&format!("COMMIT PREPARED '{gid}'"))
+                        .await
+                        .map_err(participant)?;
+                    done.committed += 1;
+                    tracing::info!(backend = %pool.backend, %gid, "recovery committed a prepared transaction");
+                } else if old == "true" {
+                    conn.execute(&format!("ROLLBACK PREPARED '{gid}'"))
+                        .await
+                        .map_err(participant)?;
+                    done.rolled_back += 1;
+                    tracing::info!(backend = %pool.backend, %gid, "recovery rolled back an undecided prepared transaction");
+                } else {
+                    still_prepared.insert(gid.to_owned());
+                }
+            }
+        }
+        // Decisions whose transactions are committed everywhere are done with.
+        let finished: Vec<&String> = committed
+            .iter()
+            .filter(|gid| !still_prepared.contains(*gid) && !self.is_inflight(gid))
+            .collect();
+        if !finished.is_empty() {
+            let list: Vec<String> = finished.iter().map(|g| format!("'{g}'")).collect();
+            let mut log = self.log.checkout().await?;
+            let sql = format!("DELETE FROM {LOG_TABLE} WHERE gid IN ({})", list.join(", "));
+            log.execute(&sql).await.map_err(TwoPhaseError::Log)?;
+        }
+        Ok(done)
+    }
+
+    fn track(&self, gid: &str, on: bool) {
+        if let Ok(mut inflight) = self.inflight.lock() {
+            if on {
+                inflight.insert(gid.to_owned());
+            } else {
+                inflight.remove(gid);
+            }
+        }
+    }
+
+    fn is_inflight(&self, gid: &str) -> bool {
+        self.inflight.lock().is_ok_and(|i| i.contains(gid))
+    }
+}
+
+async fn rollback_prepared(gid: &str, participants: &mut [&mut ServerConn]) {
+    for p in participants.iter_mut() {
+        let _ = p.execute(&format!("ROLLBACK PREPARED '{gid}'")).await;
+    }
+}
+
+/// Creates the log table if it is missing (two creators at once: one wins, the
+/// other's error is harmless).
+async fn ensure_log(conn: &mut ServerConn) -> Result<(), ServerError> {
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {LOG_TABLE} \
+         (gid text PRIMARY KEY, decided_at timestamptz NOT NULL DEFAULT now())"
+    );
+    match conn.execute(&sql).await {
+        Ok(()) => Ok(()),
+        // unique_violation / duplicate_table from a concurrent creator.
+        Err(ServerError::Server(f)) if f.code == "23505" || f.code == "42P07" => Ok(()),
+        Err(e) => Err(e),
+    }
+}

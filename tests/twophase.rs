@@ -1,0 +1,200 @@
+//! Two-phase commit across two real backends: a decided commit survives a
+//! participant's lost connection and recovery finishes it; undecided prepared
+//! transactions are rolled back; a failed participant aborts everyone; a proxy
+//! resolves what it finds at start.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{demo, Demo};
+use pgshard::backend::pool::Pool;
+use pgshard::backend::server::ServerConn;
+use pgshard::backend::twophase::{Coordinator, LOG_TABLE};
+use pgshard::router::ShardMap;
+
+fn cluster() -> &'static Demo {
+    demo(2, 4)
+}
+
+/// Recovery resolves every pgshard transaction it finds, so the tests take turns.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn map() -> ShardMap {
+    ShardMap::load(&cluster().dir.join("shardmap.toml")).expect("demo shard map")
+}
+
+fn pools(map: &ShardMap) -> Vec<Arc<Pool>> {
+    map.backends
+        .iter()
+        .map(|b| {
+            Arc::new(Pool::new(
+                &b.name,
+                "primary",
+                b.primary.clone(),
+                4,
+                Duration::from_secs(5),
+            ))
+        })
+        .collect()
+}
+
+/// A fresh table on both backends.
+async fn table(name: &str) {
+    for i in 0..2 {
+        common::backend_client(cluster(), i)
+            .await
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {name}; CREATE TABLE {name} (id int)"
+            ))
+            .await
+            .unwrap();
+    }
+}
+
+async fn count(backend: usize, sql: &str) -> i64 {
+    let client = common::backend_client(cluster(), backend).await;
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+async fn prepared(backend: usize, gid: &str) -> i64 {
+    let sql = format!("SELECT count(*) FROM pg_prepared_xacts WHERE gid = '{gid}'");
+    count(backend, &sql).await
+}
+
+/// Connections to both backends, each in a transaction that inserted into `table`.
+async fn participants(map: &ShardMap, table: &str) -> (ServerConn, ServerConn) {
+    let mut conns = Vec::new();
+    for (i, backend) in map.backends.iter().enumerate() {
+        let mut conn = ServerConn::connect(&backend.primary).await.unwrap();
+        conn.execute(&format!("BEGIN; INSERT INTO {table} VALUES ({})", i + 1))
+            .await
+            .unwrap();
+        conns.push(conn);
+    }
+    let b = conns.pop().unwrap();
+    let a = conns.pop().unwrap();
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_decided_commit_is_finished_by_recovery_after_a_lost_participant() {
+    let _turn = SERIAL.lock().await;
+    let map = map();
+    let pools = pools(&map);
+    table("tp_decided").await;
+    let coordinator = Coordinator::new(pools[0].clone(), Duration::from_secs(3600));
+    let (mut a, mut b) = participants(&map, "tp_decided").await;
+    let gid = Coordinator::new_gid();
+    coordinator
+        .prepare(&gid, &mut [&mut a, &mut b])
+        .await
+        .unwrap();
+    coordinator.decide(&gid).await.unwrap();
+    // Between the decision and COMMIT PREPARED, b's connection is terminated.
+    let terminate = format!("SELECT count(pg_terminate_backend({}))", b.cancel.pid);
+    assert_eq!(count(1, &terminate).await, 1);
+    let finished = coordinator.finish(&gid, &mut [&mut a, &mut b]).await;
+    assert!(
+        finished.is_err(),
+        "COMMIT PREPARED reached a terminated connection"
+    );
+    assert_eq!(count(0, "SELECT count(*) FROM tp_decided").await, 1);
+    assert_eq!(
+        prepared(1, &gid).await,
+        1,
+        "the prepared transaction was lost"
+    );
+
+    // (The demo's own proxy may get there first: either way it ends committed.)
+    coordinator.recover(&pools).await.unwrap();
+    assert_eq!(count(1, "SELECT count(*) FROM tp_decided").await, 1);
+    assert_eq!(prepared(1, &gid).await, 0);
+    let logged = format!("SELECT count(*) FROM {LOG_TABLE} WHERE gid = '{gid}'");
+    assert_eq!(count(0, &logged).await, 0, "the decision stayed in the log");
+}
+
+#[tokio::test]
+async fn undecided_prepared_transactions_are_rolled_back() {
+    let _turn = SERIAL.lock().await;
+    let map = map();
+    let pools = pools(&map);
+    table("tp_undecided").await;
+    let coordinator = Coordinator::new(pools[0].clone(), Duration::from_secs(3600));
+    let (mut a, mut b) = participants(&map, "tp_undecided").await;
+    let gid = Coordinator::new_gid();
+    coordinator
+        .prepare(&gid, &mut [&mut a, &mut b])
+        .await
+        .unwrap();
+    // The coordinator dies before deciding.
+    drop((a, b));
+    // Too young to be presumed aborted.
+    let patient = coordinator.recover(&pools).await.unwrap();
+    assert_eq!(patient.rolled_back, 0);
+    assert_eq!(prepared(0, &gid).await, 1);
+    // Another coordinator, for which it is old enough.
+    let eager = Coordinator::new(pools[0].clone(), Duration::ZERO);
+    let recovered = eager.recover(&pools).await.unwrap();
+    assert!(recovered.rolled_back >= 2, "{recovered:?}");
+    for backend in 0..2 {
+        assert_eq!(prepared(backend, &gid).await, 0);
+        assert_eq!(count(backend, "SELECT count(*) FROM tp_undecided").await, 0);
+    }
+}
+
+#[tokio::test]
+async fn a_failed_participant_aborts_everyone() {
+    let _turn = SERIAL.lock().await;
+    let map = map();
+    let pools = pools(&map);
+    table("tp_failed").await;
+    let coordinator = Coordinator::new(pools[0].clone(), Duration::from_secs(3600));
+    let (mut a, mut b) = participants(&map, "tp_failed").await;
+    // b's transaction fails; PREPARE then only rolls it back.
+    assert!(b.execute("SELECT 1/0").await.is_err());
+    let err = coordinator.commit(&mut [&mut a, &mut b]).await.unwrap_err();
+    assert!(err.to_string().contains("backend 1"), "{err}");
+    for backend in 0..2 {
+        assert_eq!(count(backend, "SELECT count(*) FROM tp_failed").await, 0);
+    }
+    let leftover = "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'pgshard_%'";
+    assert_eq!(count(0, leftover).await + count(1, leftover).await, 0);
+    // And a clean commit across both works.
+    let (mut a, mut b) = participants(&map, "tp_failed").await;
+    coordinator.commit(&mut [&mut a, &mut b]).await.unwrap();
+    for backend in 0..2 {
+        assert_eq!(count(backend, "SELECT count(*) FROM tp_failed").await, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_starting_proxy_resolves_decided_transactions() {
+    let _turn = SERIAL.lock().await;
+    let map = map();
+    let pools = pools(&map);
+    table("tp_start").await;
+    let coordinator = Coordinator::new(pools[0].clone(), Duration::from_secs(3600));
+    let (mut a, mut b) = participants(&map, "tp_start").await;
+    let gid = Coordinator::new_gid();
+    coordinator
+        .prepare(&gid, &mut [&mut a, &mut b])
+        .await
+        .unwrap();
+    coordinator.decide(&gid).await.unwrap();
+    drop((a, b));
+    let _proxy = common::start_proxy(
+        cluster(),
+        "twophase-start",
+        "[[users]]\nname = \"app\"\nauth = \"trust\"\n",
+    );
+    let resolved = common::wait_until(Duration::from_secs(10), || async {
+        prepared(0, &gid).await == 0 && prepared(1, &gid).await == 0
+    })
+    .await;
+    assert!(resolved, "the proxy left {gid} prepared");
+    for backend in 0..2 {
+        assert_eq!(count(backend, "SELECT count(*) FROM tp_start").await, 1);
+    }
+}
