@@ -14,6 +14,7 @@ use crate::frontend::auth::Secrets;
 use crate::frontend::clients::ClientRegistry;
 use crate::frontend::statements::KnownStatements;
 use crate::limits;
+use crate::router::sql::PlanCache;
 use crate::router::ShardMap;
 use crate::stats::Stats;
 
@@ -25,6 +26,8 @@ pub struct App {
     pub secrets: Secrets,
     /// Statements some server accepted; a Parse of one needs no server.
     pub known_statements: KnownStatements,
+    /// Routing plans by statement shape.
+    pub plans: PlanCache,
     /// Two-phase commits across backends; its decision log is on the default backend.
     pub coordinator: Coordinator,
     pub stats: Stats,
@@ -44,6 +47,7 @@ impl App {
             clients: ClientRegistry::default(),
             secrets,
             known_statements: KnownStatements::default(),
+            plans: PlanCache::default(),
             coordinator,
             stats,
             shutdown: CancellationToken::new(),

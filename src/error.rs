@@ -36,6 +36,8 @@ pub enum ClientError {
     SessionRestore(String),
     #[error("the statement left a transaction open on a shared server connection; it was rolled back (use BEGIN to open transactions)")]
     SharedTransaction,
+    #[error("current transaction is aborted, commands ignored until end of transaction block")]
+    TransactionAborted,
 }
 
 impl ClientError {
@@ -53,6 +55,7 @@ impl ClientError {
             ClientError::ShuttingDown => "57P01",
             ClientError::SessionRestore(_) => "55000",
             ClientError::SharedTransaction => "25000",
+            ClientError::TransactionAborted => "25P02",
         }
     }
 
@@ -73,6 +76,7 @@ impl ClientError {
             ClientError::ShuttingDown => "shutting_down",
             ClientError::SessionRestore(_) => "session_restore",
             ClientError::SharedTransaction => "shared_transaction",
+            ClientError::TransactionAborted => "transaction_aborted",
         }
     }
 

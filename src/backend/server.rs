@@ -133,6 +133,33 @@ impl ServerConn {
     }
 }
 
+impl ServerConn {
+    /// Sends `request` (whole messages ending in Sync or a Query) and returns every
+    /// reply frame up to and including ReadyForQuery. A failure leaves the
+    /// connection marked broken.
+    pub async fn exchange(&mut self, request: &[u8]) -> Result<Vec<bytes::Bytes>, ServerError> {
+        let result = self.run_exchange(request).await;
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    async fn run_exchange(&mut self, request: &[u8]) -> Result<Vec<bytes::Bytes>, ServerError> {
+        self.stream.write_all(request).await?;
+        let mut frames = Vec::new();
+        loop {
+            let info = self.read_frame().await?;
+            let frame = self.rbuf.split_to(info.len).freeze();
+            let done = info.tag == b'Z';
+            frames.push(frame);
+            if done {
+                return Ok(frames);
+            }
+        }
+    }
+}
+
 /// What an internal simple query returned.
 #[derive(Debug, Default)]
 pub struct SimpleReply {

@@ -31,6 +31,10 @@ pub enum TwoPhaseError {
     Participant { backend: usize, source: ServerError },
     #[error("writing the commit decision: {0}")]
     Log(ServerError),
+    /// Committed (the decision is logged), but this participant has not heard yet;
+    /// recovery completes it.
+    #[error("committed; backend {backend} completes it later: {source}")]
+    Unfinished { backend: usize, source: ServerError },
     #[error(transparent)]
     Pool(#[from] PoolError),
 }
@@ -141,7 +145,7 @@ impl Coordinator {
         let mut failure = None;
         for (i, p) in participants.iter_mut().enumerate() {
             if let Err(source) = p.execute(&sql).await {
-                failure.get_or_insert(TwoPhaseError::Participant { backend: i, source });
+                failure.get_or_insert(TwoPhaseError::Unfinished { backend: i, source });
             }
         }
         if let Some(failure) = failure {

@@ -198,6 +198,45 @@ pub fn bind_names(payload: &[u8]) -> Option<(&[u8], &[u8], usize)> {
     Some((portal, statement, payload.len() - rest.len()))
 }
 
+/// A Bind parameter: its format code (0 text, 1 binary) and value (`None`: NULL).
+pub type BindParam<'a> = (i16, Option<&'a [u8]>);
+
+/// Reads the parameters of a Bind payload from `rest_at` (see `bind_names`).
+pub fn bind_params(payload: &[u8], rest_at: usize) -> Option<Vec<BindParam<'_>>> {
+    let rest = payload.get(rest_at..)?;
+    let (format_count, mut rest) = read_i16(rest)?;
+    let mut formats = Vec::with_capacity(usize::try_from(format_count).ok()?);
+    for _ in 0..format_count {
+        let (format, after) = read_i16(rest)?;
+        formats.push(format);
+        rest = after;
+    }
+    let (count, mut rest) = read_i16(rest)?;
+    let count = usize::try_from(count).ok()?;
+    // One format applies to all; none means text.
+    let format_of = |i: usize| match formats.len() {
+        0 => Some(0),
+        1 => Some(formats[0]),
+        n if n == count => Some(formats[i]),
+        _ => None,
+    };
+    let mut params = Vec::with_capacity(count);
+    for i in 0..count {
+        let (len, after) = read_i32(rest)?;
+        let value = if len < 0 {
+            rest = after;
+            None
+        } else {
+            let len = usize::try_from(len).ok()?;
+            let value = after.get(..len)?;
+            rest = &after[len..];
+            Some(value)
+        };
+        params.push((format_of(i)?, value));
+    }
+    Some(params)
+}
+
 /// Reads the kind ('S' or 'P') and name of a Describe or Close payload.
 pub fn target(payload: &[u8]) -> Option<(u8, &[u8])> {
     let (&kind, rest) = payload.split_first()?;

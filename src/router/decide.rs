@@ -33,7 +33,11 @@ pub enum Decision {
     CopyIn,
     /// COPY TO STDOUT from a sharded table: gathered from every backend.
     CopyOut,
-    /// BEGIN, SET, SHOW ...: the session's business.
+    /// Every backend, one after another, outside a transaction (VACUUM ...).
+    Maintenance,
+    /// BEGIN / START TRANSACTION.
+    Begin,
+    /// COMMIT, SET, SHOW ...: the session's business.
     Session,
     /// Cannot be run; the message says why (sent to the client as an error).
     Error(String),
@@ -49,10 +53,17 @@ pub fn decide(analyzed: &Analyzed, params: &[Param], map: &ShardMap) -> Decision
     if let Some(hint) = &analyzed.key_hint {
         return by_hint(hint, &analyzed.plan, map);
     }
-    match analyzed.plan.as_ref() {
+    decide_plan(&analyzed.plan, &values, map)
+}
+
+fn decide_plan(plan: &Plan, values: &Values, map: &ShardMap) -> Decision {
+    match plan {
+        Plan::Multi(plans) => decide_multi(plans, values, map),
         Plan::Default => Decision::Default,
         Plan::All => Decision::All,
         Plan::Session => Decision::Session,
+        Plan::Begin => Decision::Begin,
+        Plan::Maintenance => Decision::Maintenance,
         Plan::Scatter { .. } => Decision::Scatter,
         Plan::CopyIn { .. } => Decision::CopyIn,
         Plan::CopyOut { .. } => Decision::CopyOut,
@@ -103,6 +114,27 @@ pub fn decide(analyzed: &Analyzed, params: &[Param], map: &ShardMap) -> Decision
     }
 }
 
+/// Several statements in one Query string run together on one backend: the one
+/// their keys name (statements without a key go along).
+fn decide_multi(plans: &[Plan], values: &Values, map: &ShardMap) -> Decision {
+    let mut target = None;
+    for plan in plans {
+        match decide_plan(plan, values, map) {
+            Decision::Default | Decision::Session | Decision::Begin => {}
+            Decision::One(b) if *target.get_or_insert(b) == b => {}
+            Decision::Error(why) => return Decision::Error(why),
+            _ => {
+                return Decision::Error(
+                    "several statements in one query string that need different backends: \
+                     send them one at a time"
+                        .into(),
+                )
+            }
+        }
+    }
+    target.map_or(Decision::Default, Decision::One)
+}
+
 /// `/* pgshard: key=VALUE */`: the backend owning VALUE, typed as the statement's
 /// sharded table's key (or as an integer if it reads as one, else as text).
 fn by_hint(hint: &str, plan: &Plan, map: &ShardMap) -> Decision {
@@ -115,6 +147,7 @@ fn by_hint(hint: &str, plan: &Plan, map: &ShardMap) -> Decision {
         | Plan::CopyIn { table, .. }
         | Plan::CopyOut { table } => Some(table),
         Plan::Session => return Decision::Session,
+        Plan::Begin => return Decision::Begin,
         _ => None,
     };
     let key_type = match table {

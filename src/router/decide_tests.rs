@@ -267,13 +267,21 @@ fn ddl_maintenance_and_reference_tables() {
         "CREATE INDEX ON pgbench_accounts (bid)",
         "ALTER TABLE pgbench_accounts ADD COLUMN x int",
         "TRUNCATE pgbench_history",
-        "VACUUM pgbench_accounts",
-        "VACUUM ANALYZE",
         "ANALYZE pgbench_accounts",
+        "CREATE TABLE a (x int); CREATE TABLE b (y int)",
         "INSERT INTO countries VALUES (1, 'x')",
         "UPDATE countries SET name = 'y'",
     ] {
         check(m, sql, Decision::All);
+    }
+    for sql in [
+        "VACUUM pgbench_accounts",
+        "vacuum analyze",
+        "CREATE INDEX CONCURRENTLY i ON pgbench_accounts (bid)",
+        "REINDEX TABLE CONCURRENTLY pgbench_accounts",
+        "ALTER SYSTEM SET work_mem = '8MB'",
+    ] {
+        check(m, sql, Decision::Maintenance);
     }
     check(m, "SELECT * FROM countries", Decision::Default);
     check(m, "SELECT * FROM pg_catalog.pg_class", Decision::Default);
@@ -285,7 +293,6 @@ fn ddl_maintenance_and_reference_tables() {
 fn session_statements_copy_and_hints() {
     let m = &map();
     for sql in [
-        "BEGIN",
         "COMMIT",
         "ROLLBACK",
         "SET work_mem = '8MB'",
@@ -293,6 +300,12 @@ fn session_statements_copy_and_hints() {
     ] {
         check(m, sql, Decision::Session);
     }
+    check(m, "BEGIN", Decision::Begin);
+    check(
+        m,
+        "start transaction isolation level serializable",
+        Decision::Begin,
+    );
     check(m, "COPY pgbench_accounts FROM STDIN", Decision::CopyIn);
     check(
         m,
@@ -331,7 +344,7 @@ fn shapes_that_cannot_be_routed_get_clear_errors() {
     );
     check_error(
         m,
-        "SELECT 1; SELECT * FROM pgbench_accounts WHERE aid = 1",
+        "SELECT * FROM pgbench_accounts WHERE aid = 1; SELECT * FROM pgbench_accounts",
         &[],
         "several statements",
     );
@@ -346,6 +359,31 @@ fn shapes_that_cannot_be_routed_get_clear_errors() {
         "INSERT INTO other SELECT * FROM pgbench_accounts",
         &[],
         "from a query on a sharded table",
+    );
+}
+
+#[test]
+fn several_statements_for_one_backend_run_together() {
+    let m = &map();
+    let int = |v: i64| at(m, Key::Int(v));
+    check(
+        m,
+        "BEGIN; UPDATE pgbench_accounts SET abalance = 1 WHERE aid = 7; SELECT now()",
+        Decision::One(int(7)),
+    );
+    check(m, "SET x = 1; SELECT 1", Decision::Default);
+    let (a, b) = (1..100)
+        .flat_map(|a| (1..100).map(move |b| (a, b)))
+        .find(|&(a, b)| int(a) != int(b))
+        .unwrap();
+    check_error(
+        m,
+        &format!(
+            "UPDATE pgbench_accounts SET abalance = 1 WHERE aid = {a}; \
+             UPDATE pgbench_accounts SET abalance = 1 WHERE aid = {b}"
+        ),
+        &[],
+        "need different backends",
     );
 }
 

@@ -3,7 +3,9 @@
 //! ReadyForQuery 'I', and forwards replies as whole frames without decoding rows.
 
 mod extended;
+mod fanout;
 mod replies;
+mod route;
 mod shared;
 
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use crate::error::ClientError;
 use crate::limits;
 use crate::protocol::messages;
 use crate::protocol::next_frame;
-use crate::router::{self, Route};
+use crate::router::BackendId;
 use crate::stats::Stats;
 
 pub struct Session {
@@ -47,6 +49,18 @@ pub struct Session {
     request_started: Option<Instant>,
     /// A server lost while the client sat in a transaction; reported at its next request.
     lost: Option<String>,
+    /// The backend of the attached server (its index in the map).
+    backend: Option<BackendId>,
+    /// A BEGIN already answered, to be sent with the transaction's first statement
+    /// once its backend is known (routing by key only).
+    deferred_begin: Option<Bytes>,
+    /// The BEGIN that opened the current transaction, when routing deferred it.
+    begin: Option<Bytes>,
+    /// A statement (not just Parse/Describe) ran in the current transaction.
+    touched: bool,
+    /// A statement refused inside a transaction, in an extended batch: at its Sync
+    /// the server runs a statement raising this, so its transaction fails too.
+    raise_at_sync: Option<String>,
 }
 
 /// A client's unnamed statement: its Parse message as sent, and what it changes.
@@ -83,6 +97,11 @@ impl Session {
             unnamed_here: false,
             request_started: None,
             lost: None,
+            backend: None,
+            deferred_begin: None,
+            begin: None,
+            touched: false,
+            raise_at_sync: None,
         }
     }
 
@@ -109,6 +128,10 @@ impl Session {
             }
             self.conn.flush().await?;
             self.maybe_release();
+            if self.server.is_none() && matches!(next_frame(&self.conn.rbuf), Ok(Some(_))) {
+                // Input held back until earlier requests were answered.
+                continue;
+            }
             match self.wait().await {
                 Event::Client(Ok(0)) => return Err(ConnError::Closed),
                 Event::Client(r) => {
@@ -159,6 +182,13 @@ impl Session {
             if info.tag == b'X' {
                 return Ok(false);
             }
+            let topology = self.app.topology.load();
+            let map = &topology.map;
+            let routing = map.backends.len() > 1;
+            if routing && self.must_wait(info.tag) {
+                // Where it goes depends on how the requests before it end.
+                return Ok(true);
+            }
             let frame = self.conn.rbuf.split_to(info.len).freeze();
             let detached = self.server.is_none() && !self.pipeline.skip_until_sync;
             if detached && info.tag == b'P' {
@@ -167,17 +197,41 @@ impl Session {
                     Ok(false) => {}
                     Err(e) => return self.fatal(e).await,
                 }
+                if routing && self.defer_unnamed_parse(&frame) {
+                    continue;
+                }
             }
             let needs_server = matches!(info.tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'F');
             if needs_server && detached {
-                let attached = match self.lost.take() {
-                    Some(backend) => Err(ClientError::ServerLost(backend)),
-                    None => self.attach(&frame).await,
-                };
-                if let Err(e) = attached {
-                    self.refuse(info.tag, e);
+                if let Some(backend) = self.lost.take() {
+                    self.refuse(info.tag, ClientError::ServerLost(backend));
                     continue;
                 }
+                if !routing {
+                    if let Err(e) = self.attach(map.default_backend).await {
+                        self.refuse(info.tag, e);
+                        continue;
+                    }
+                } else if !self.attach_routed(info.tag, &frame, map).await {
+                    continue;
+                }
+            } else if routing && !detached && matches!(info.tag, b'Q' | b'B') {
+                let backend = self.backend.unwrap_or(map.default_backend);
+                if self.pipeline.tx_status == b'T' {
+                    if let Err(why) = self.check_in_transaction(info.tag, &frame, backend, map) {
+                        match self.move_transaction(info.tag, &frame, map).await {
+                            Some(true) => {}
+                            Some(false) => continue,
+                            None => {
+                                self.refuse_in_transaction(info.tag, why);
+                                continue;
+                            }
+                        }
+                    }
+                }
+            }
+            if matches!(info.tag, b'Q' | b'B' | b'E' | b'F') {
+                self.touched = true;
             }
             if let Err(e) = self.on_client_message(info.tag, &frame) {
                 return self.fatal(e).await;
@@ -210,9 +264,8 @@ impl Session {
         }
     }
 
-    async fn attach(&mut self, first: &[u8]) -> Result<(), ClientError> {
+    async fn attach(&mut self, id: BackendId) -> Result<(), ClientError> {
         let topology = self.app.topology.load();
-        let Route::Backend(id) = router::route(&topology.map, first);
         let pool = topology.pool(id).clone();
         let mut server = pool.checkout().await.map_err(|e| match e {
             PoolError::Timeout(_) => ClientError::PoolTimeout(pool.backend.to_string()),
@@ -222,10 +275,29 @@ impl Session {
         if server.params_fingerprint != self.params.fingerprint() {
             self.restore_params(&mut server).await?;
         }
-        self.pipeline.tx_status = b'I';
+        self.touched = false;
+        match self.deferred_begin.take() {
+            // The BEGIN the client was already told about.
+            Some(begin) => {
+                self.begin = Some(begin.clone());
+                let failed = match server.exchange(&begin).await {
+                    Ok(frames) => frames.iter().any(|f| f.first() == Some(&b'E')),
+                    Err(_) => true,
+                };
+                if failed {
+                    server.broken = true;
+                    return Err(ClientError::ServerLost(pool.backend.to_string()));
+                }
+            }
+            None => {
+                self.begin = None;
+                self.pipeline.tx_status = b'I';
+            }
+        }
         self.unnamed_here = false;
         self.info.attach(&pool.backend, &server.cancel);
         self.server = Some(server);
+        self.backend = Some(id);
         Ok(())
     }
 
@@ -261,6 +333,7 @@ impl Session {
     }
 
     fn release(&mut self) {
+        self.backend = None;
         if let Some(mut server) = self.server.take() {
             server.idle = true;
             server
@@ -334,6 +407,13 @@ impl Session {
 
     fn on_sync(&mut self, frame: &[u8]) {
         self.pipeline.skip_until_sync = false;
+        if let (Some(why), true) = (self.raise_at_sync.take(), self.server.is_some()) {
+            // In place of the Sync: the Query ends the batch the same way.
+            self.swbuf.extend_from_slice(&route::raise_query(&why));
+            self.push(Req::Query);
+            self.pipeline.unsynced = false;
+            return;
+        }
         if self.server.is_some() {
             self.forward(frame, Req::Sync);
             self.pipeline.unsynced = false;

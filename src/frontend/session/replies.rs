@@ -169,6 +169,7 @@ impl Session {
         let Some(mut server) = self.server.take() else {
             return;
         };
+        self.backend = None;
         server.broken = true;
         let backend = server.pool().backend.to_string();
         tracing::warn!(%backend, reason = reason.as_deref().unwrap_or("closed"), "server connection lost");

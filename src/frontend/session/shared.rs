@@ -20,7 +20,8 @@ use crate::frontend::shareable::self_contained;
 use crate::frontend::statements::{self, Statement, Statements};
 use crate::limits;
 use crate::protocol::{messages, next_frame, FrameInfo};
-use crate::router::{self, Route};
+use crate::router::decide::Decision;
+use crate::router::{BackendId, ShardMap};
 use crate::stats::Stats;
 
 /// A self-contained request at the front of the client's buffer.
@@ -44,7 +45,15 @@ impl Session {
         };
         let pool = {
             let topology = self.app.topology.load();
-            let Route::Backend(id) = router::route(&topology.map, &self.conn.rbuf[..batch.len]);
+            let map = &topology.map;
+            let id = if map.backends.len() > 1 {
+                match self.shared_backend(&batch, map) {
+                    Some(id) => id,
+                    None => return Ok(false),
+                }
+            } else {
+                map.default_backend
+            };
             topology.pool(id).clone()
         };
         let params = &self.params;
@@ -150,6 +159,24 @@ impl Session {
             at += info.len;
         }
         None
+    }
+
+    /// With routing by key, the backend a self-contained request belongs on; `None`
+    /// when it is not one backend's (it then takes the usual path).
+    fn shared_backend(&self, batch: &Batch, map: &ShardMap) -> Option<BackendId> {
+        let frames = &self.conn.rbuf[..batch.len];
+        let decision = if frames.first() == Some(&b'Q') {
+            self.decision(b'Q', frames, map)
+        } else {
+            let unnamed = batch.unnamed.map(|(from, to)| &frames[from..to]);
+            let (_, bind) = frames_of(frames).find(|(info, _)| info.tag == b'B')?;
+            self.bind_decision(bind, unnamed, map)
+        };
+        match decision {
+            None | Some(Decision::Default) => Some(map.default_backend),
+            Some(Decision::One(id)) => Some(id),
+            _ => None,
+        }
     }
 
     /// The unnamed statement only when the batch parses it itself.

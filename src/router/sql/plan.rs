@@ -61,8 +61,15 @@ pub enum Plan {
     CopyOut { table: String },
     /// A read of a sharded table without a key: every backend, results merged.
     Scatter { table: String },
-    /// Transaction control and session statements (BEGIN, SET, SHOW ...).
+    /// Maintenance that cannot run inside a transaction block (VACUUM, CREATE INDEX
+    /// CONCURRENTLY ...): every backend, one after another.
+    Maintenance,
+    /// BEGIN / START TRANSACTION.
+    Begin,
+    /// Other transaction control and session statements (COMMIT, SET, SHOW ...).
     Session,
+    /// Several statements in one Query string, each with its plan.
+    Multi(Vec<Plan>),
     /// Cannot run correctly across shards; the message says why.
     Unsupported(String),
 }
@@ -73,6 +80,9 @@ pub enum Plan {
 /// to the default backend (PostgreSQL will report the error) unless it names a
 /// sharded table, or is maintenance that belongs on every backend.
 pub fn plan(normalized: &str, original: &str, map: &ShardMap) -> (Plan, bool) {
+    if outside_transactions(normalized) {
+        return (Plan::Maintenance, true);
+    }
     let dialect = PostgreSqlDialect {};
     let (statements, cacheable) = match Parser::parse_sql(&dialect, normalized) {
         Ok(statements) => (statements, true),
@@ -90,17 +100,10 @@ fn plan_statements(statements: &[Statement], map: &ShardMap) -> Plan {
         [one] => plan_statement(one, map),
         _ => {
             let plans: Vec<Plan> = statements.iter().map(|s| plan_statement(s, map)).collect();
-            if plans
-                .iter()
-                .all(|p| matches!(p, Plan::Default | Plan::Session))
-            {
-                Plan::Default
+            if plans.iter().all(|p| *p == Plan::All) {
+                Plan::All
             } else {
-                Plan::Unsupported(
-                    "several statements in one query string, one of them on a sharded or \
-                     reference table: send them one at a time"
-                        .into(),
-                )
+                Plan::Multi(plans)
             }
         }
     }
@@ -128,6 +131,7 @@ fn plan_statement(statement: &Statement, map: &ShardMap) -> Plan {
             plan @ (Plan::Default | Plan::Keyed { .. }) => plan,
             _ => Plan::Unsupported("EXPLAIN of a statement that spans backends".into()),
         },
+        Statement::StartTransaction { .. } => Plan::Begin,
         s if is_session(s) => Plan::Session,
         // DDL and the rest: the same on every backend, so schemas stay alike.
         _ => Plan::All,
@@ -137,8 +141,7 @@ fn plan_statement(statement: &Statement, map: &ShardMap) -> Plan {
 fn is_session(s: &Statement) -> bool {
     matches!(
         s,
-        Statement::StartTransaction { .. }
-            | Statement::Commit { .. }
+        Statement::Commit { .. }
             | Statement::Rollback { .. }
             | Statement::Savepoint { .. }
             | Statement::ReleaseSavepoint { .. }
@@ -484,6 +487,30 @@ fn ident_name(ident: &Ident) -> String {
 
 fn ident_is(ident: &Ident, name: &str) -> bool {
     ident_name(ident) == name
+}
+
+/// Statements PostgreSQL refuses inside a transaction block, by their first words.
+fn outside_transactions(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(4)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let w = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+    match w(0) {
+        "vacuum" => true,
+        "create" | "drop" => {
+            matches!(w(1), "database" | "tablespace")
+                || (w(1) == "index" && w(2) == "concurrently")
+                || (w(1) == "unique" && w(2) == "index" && w(3) == "concurrently")
+        }
+        "reindex" => {
+            matches!(w(1), "database" | "system") || words.iter().any(|x| x == "concurrently")
+        }
+        "alter" => w(1) == "system",
+        "cluster" => words.len() == 1,
+        _ => false,
+    }
 }
 
 /// A statement the parser does not understand.

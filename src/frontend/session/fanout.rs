@@ -1,0 +1,259 @@
+//! An autocommit simple Query that runs on every backend: DDL, writes to reference
+//! tables, keyless writes to sharded tables (atomically, with two-phase commit), and
+//! maintenance that PostgreSQL refuses inside a transaction (one backend after
+//! another; a failure part-way leaves the earlier backends done, as running the
+//! statement by hand on each would).
+//!
+//! The client gets one reply: the first backend's, with row counts summed over the
+//! backends; or the first error.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::Session;
+use crate::backend::pool::{Guard, PoolError};
+use crate::backend::server::ServerConn;
+use crate::backend::twophase::TwoPhaseError;
+use crate::error::ClientError;
+use crate::frontend::pipeline::Expect;
+use crate::frontend::statements::{self, Statement};
+use crate::protocol::messages;
+use crate::protocol::next_frame;
+use crate::stats::Stats;
+
+impl Session {
+    /// Runs `query` (a whole Query message) on every backend; `atomic`: inside one
+    /// distributed transaction.
+    pub(super) async fn run_everywhere(&mut self, query: &Bytes, atomic: bool) {
+        let request = Request {
+            bytes: query.clone(),
+            statement: None,
+        };
+        self.answer_everywhere(&request, atomic).await;
+    }
+
+    /// An extended batch (its Bind is `bind`, the rest up to Sync still buffered)
+    /// that runs on every backend atomically. `false`: the batch is not whole or
+    /// not plain (nothing was taken); the caller refuses it.
+    pub(super) async fn run_batch_everywhere(&mut self, bind: &Bytes) -> bool {
+        let Some(request) = self.batch_request(bind) else {
+            return false;
+        };
+        self.answer_everywhere(&request, true).await;
+        true
+    }
+
+    /// The whole batch for every server: the statement's Parse (the client's
+    /// unnamed one, or its named one under the global name), the Bind, then the
+    /// buffered Describe/Execute messages up to Sync, which are taken.
+    fn batch_request(&mut self, bind: &Bytes) -> Option<Request> {
+        let (portal, name, rest_at) = messages::bind_names(&bind[5..])?;
+        let mut bytes = BytesMut::new();
+        let statement = if name.is_empty() {
+            bytes.extend_from_slice(&self.unnamed.as_ref()?.parse);
+            None
+        } else {
+            let statement = self.statements.get(name)?.clone();
+            statements::rewrite_bind(
+                &mut bytes,
+                portal,
+                &statement.global_name,
+                &bind[5 + rest_at..],
+            );
+            Some(statement)
+        };
+        if statement.is_none() {
+            bytes.extend_from_slice(bind);
+        }
+        let mut at = 0;
+        loop {
+            let info = next_frame(&self.conn.rbuf[at..]).ok()??;
+            if !matches!(info.tag, b'D' | b'E' | b'S') {
+                return None;
+            }
+            at += info.len;
+            if info.tag == b'S' {
+                break;
+            }
+        }
+        bytes.extend_from_slice(&self.conn.rbuf.split_to(at));
+        Some(Request {
+            bytes: bytes.freeze(),
+            statement,
+        })
+    }
+
+    async fn answer_everywhere(&mut self, request: &Request, atomic: bool) {
+        let reply = match self.everywhere(request, atomic).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                Stats::client_error(e.kind());
+                let mut reply = BytesMut::new();
+                e.write(&mut reply);
+                messages::ready_for_query(&mut reply, b'I');
+                reply.freeze()
+            }
+        };
+        self.pipeline.push(Expect::Synthetic(reply));
+    }
+
+    async fn everywhere(&mut self, request: &Request, atomic: bool) -> Result<Bytes, ClientError> {
+        let topology = self.app.topology.load_full();
+        let mut servers: Vec<Guard> = Vec::with_capacity(topology.pools.len());
+        // Always in backend order, so two clients doing this cannot deadlock.
+        for pool in &topology.pools {
+            let mut server = pool.checkout().await.map_err(|e| match e {
+                PoolError::Timeout(_) => ClientError::PoolTimeout(pool.backend.to_string()),
+                PoolError::Server(_) => ClientError::ServerUnavailable(pool.backend.to_string()),
+            })?;
+            // Not idle until this is over: an early return discards the connection
+            // rather than pool one left inside a transaction.
+            server.idle = false;
+            if server.params_fingerprint != self.params.fingerprint() {
+                self.restore_params(&mut server).await?;
+            }
+            servers.push(server);
+        }
+        let lost = |g: &Guard| ClientError::ServerLost(g.pool().backend.to_string());
+        if atomic {
+            for server in servers.iter_mut() {
+                if server.execute("BEGIN").await.is_err() {
+                    return Err(lost(server));
+                }
+            }
+        }
+        let mut replies = Vec::with_capacity(servers.len());
+        let mut failed = None;
+        for server in servers.iter_mut() {
+            let (bytes, added_parse) = request.for_server(server);
+            let mut frames = server.exchange(&bytes).await.map_err(|_| lost(server))?;
+            if added_parse && frames.first().and_then(|f| f.first()) == Some(&b'1') {
+                // The client's own Parse was answered long ago.
+                frames.remove(0);
+            }
+            if let Some(error) = frames.iter().find(|f| f.first() == Some(&b'E')) {
+                failed = Some(error.clone());
+                break;
+            }
+            replies.push(frames);
+        }
+        if let Some(error) = failed {
+            if atomic {
+                for server in servers.iter_mut() {
+                    let _ = server.execute("ROLLBACK").await;
+                }
+            }
+            release(&mut servers);
+            let mut reply = BytesMut::from(&error[..]);
+            messages::ready_for_query(&mut reply, b'I');
+            return Ok(reply.freeze());
+        }
+        if atomic {
+            let mut conns: Vec<&mut ServerConn> = servers.iter_mut().map(|g| &mut **g).collect();
+            match self.app.coordinator.commit(&mut conns).await {
+                // Decided: the commit completes (the rest by recovery).
+                Ok(()) | Err(TwoPhaseError::Unfinished { .. }) => {}
+                Err(e) => return Err(ClientError::Unsupported(format!("not committed: {e}"))),
+            }
+        }
+        release(&mut servers);
+        Ok(merge(&replies))
+    }
+}
+
+/// What every server runs.
+struct Request {
+    bytes: Bytes,
+    /// The client's named statement the batch binds, prepared where missing.
+    statement: Option<Arc<Statement>>,
+}
+
+impl Request {
+    /// The bytes for `server`, and whether they start with a Parse whose reply the
+    /// client must not see (the unnamed statement's, sent every time, or a named
+    /// statement's the server lacked).
+    fn for_server(&self, server: &mut ServerConn) -> (Bytes, bool) {
+        let Some(statement) = &self.statement else {
+            let unnamed = self.bytes.first() == Some(&b'P');
+            return (self.bytes.clone(), unnamed);
+        };
+        if !server.prepared.insert(statement.id) {
+            return (self.bytes.clone(), false);
+        }
+        let mut bytes = BytesMut::from(&statement.parse[..]);
+        bytes.extend_from_slice(&self.bytes);
+        (bytes.freeze(), true)
+    }
+}
+
+/// Servers that answered everything go back to their pools.
+fn release(servers: &mut [Guard]) {
+    for server in servers {
+        server.idle = !server.broken;
+    }
+}
+
+/// The first backend's reply with row counts summed, ending in ReadyForQuery 'I'.
+fn merge(replies: &[Vec<Bytes>]) -> Bytes {
+    let mut out = BytesMut::new();
+    let Some(first) = replies.first() else {
+        messages::ready_for_query(&mut out, b'I');
+        return out.freeze();
+    };
+    for (i, frame) in first.iter().enumerate() {
+        match frame.first() {
+            Some(b'Z') => {}
+            Some(b'C') => {
+                let tags: Vec<&[u8]> = replies
+                    .iter()
+                    .filter_map(|r| r.get(i))
+                    .map(|f| command_tag(f))
+                    .collect();
+                messages::command_complete(&mut out, &sum_tags(&tags));
+            }
+            _ => out.extend_from_slice(frame),
+        }
+    }
+    messages::ready_for_query(&mut out, b'I');
+    out.freeze()
+}
+
+fn command_tag(frame: &[u8]) -> &[u8] {
+    let payload = frame.get(5..).unwrap_or_default();
+    payload.strip_suffix(b"\0").unwrap_or(payload)
+}
+
+/// `UPDATE 3` + `UPDATE 4` -> `UPDATE 7` (`INSERT 0 n` keeps its 0); tags without a
+/// count stay as the first one.
+fn sum_tags(tags: &[&[u8]]) -> String {
+    let first = String::from_utf8_lossy(tags.first().copied().unwrap_or_default()).into_owned();
+    let Some((head, _)) = first.rsplit_once(' ') else {
+        return first;
+    };
+    let mut total: u64 = 0;
+    for tag in tags {
+        let text = String::from_utf8_lossy(tag);
+        match text.rsplit_once(' ').map(|(h, n)| (h, n.parse::<u64>())) {
+            Some((h, Ok(n))) if h == head => total += n,
+            _ => return first,
+        }
+    }
+    format!("{head} {total}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sum_tags;
+
+    #[test]
+    fn row_counts_add_up() {
+        assert_eq!(sum_tags(&[b"UPDATE 3", b"UPDATE 4"]), "UPDATE 7");
+        assert_eq!(sum_tags(&[b"INSERT 0 1", b"INSERT 0 2"]), "INSERT 0 3");
+        assert_eq!(
+            sum_tags(&[b"CREATE TABLE", b"CREATE TABLE"]),
+            "CREATE TABLE"
+        );
+        assert_eq!(sum_tags(&[b"DELETE 1"]), "DELETE 1");
+    }
+}

@@ -1,0 +1,329 @@
+//! Routing a session's transactions by key, when the shard map has more than one
+//! backend (with one, everything goes to it and none of this runs).
+//!
+//! A transaction runs on the backend its first routed statement names: a Query's
+//! key, or a Bind's key with its statement's plan. `BEGIN` is answered at once and
+//! sent to the backend with the transaction's first statement. Inside a transaction,
+//! a statement for another backend is refused the way PostgreSQL refuses a failing
+//! statement: the server runs a statement that raises the error, so the server's
+//! transaction fails with it and COMMIT then rolls back. Autocommit DDL and keyless
+//! writes run on every backend (`fanout.rs`); other shapes that need several
+//! backends are refused with a message that says so.
+
+use bytes::{Bytes, BytesMut};
+
+use super::Session;
+use crate::error::ClientError;
+use crate::frontend::pipeline::Expect;
+use crate::protocol::messages;
+use crate::router::decide::{decide, Decision, Param};
+use crate::router::{BackendId, ShardMap};
+
+/// Where the first message of a transaction goes.
+pub(super) enum Target {
+    Backend(BackendId),
+    /// Answer BEGIN now; attach at the transaction's first statement.
+    DeferBegin,
+    /// Every backend, atomically (autocommit DDL, keyless writes).
+    Everywhere,
+    /// Every backend, one after another, outside a transaction.
+    Maintenance,
+    Refuse(ClientError),
+}
+
+impl Session {
+    /// A Query that arrives while earlier requests are unanswered waits for them:
+    /// whether it starts a new transaction (routed afresh) or continues one is
+    /// known only then. (Mid-batch extended messages never wait: the server
+    /// answers nothing before Sync.)
+    pub(super) fn must_wait(&self, tag: u8) -> bool {
+        tag == b'Q' && self.server.is_some() && !self.pipeline.is_empty() && !self.pipeline.unsynced
+    }
+
+    /// An unnamed Parse with no server attached is kept and answered here; it is
+    /// sent to the backend its Bind's key chooses (`ensure_unnamed`).
+    pub(super) fn defer_unnamed_parse(&mut self, frame: &Bytes) -> bool {
+        let Some((name, query, _)) = messages::parse_message(&frame[5..]) else {
+            return false;
+        };
+        if !name.is_empty() {
+            return false;
+        }
+        let changes = self.param_changes(query);
+        self.unnamed = Some(super::Unnamed {
+            parse: frame.clone(),
+            changes,
+        });
+        self.unnamed_here = false;
+        self.pipeline
+            .push(Expect::Synthetic(Bytes::from_static(super::PARSE_COMPLETE)));
+        self.pipeline.unsynced = true;
+        true
+    }
+
+    /// Attaches the server `frame`'s transaction belongs on, or answers `frame` here
+    /// (deferred BEGIN, a statement run on every backend, a refusal). `true`: the
+    /// message goes on to the attached server.
+    pub(super) async fn attach_routed(&mut self, tag: u8, frame: &Bytes, map: &ShardMap) -> bool {
+        let deferred = self.deferred_begin.is_some();
+        if deferred && tag == b'Q' && self.end_deferred(&frame[5..]) {
+            return false;
+        }
+        if deferred && self.pipeline.tx_status == b'E' {
+            self.refuse_deferred(tag, ClientError::TransactionAborted);
+            return false;
+        }
+        let error = match self.route_first(tag, frame, map) {
+            Target::Backend(id) => match self.attach(id).await {
+                Ok(()) => return true,
+                Err(e) => e,
+            },
+            Target::DeferBegin => {
+                self.defer_begin(frame.clone());
+                return false;
+            }
+            Target::Everywhere if tag == b'Q' => {
+                self.run_everywhere(frame, true).await;
+                return false;
+            }
+            Target::Everywhere => {
+                if self.run_batch_everywhere(frame).await {
+                    return false;
+                }
+                ClientError::Unsupported(
+                    "pgshard runs a statement on every backend only in a whole, plain \
+                     extended-protocol batch (Bind, Describe, Execute, Sync)"
+                        .into(),
+                )
+            }
+            Target::Maintenance => {
+                self.run_everywhere(frame, false).await;
+                return false;
+            }
+            Target::Refuse(e) => e,
+        };
+        if self.deferred_begin.is_some() {
+            self.refuse_deferred(tag, error);
+        } else {
+            self.refuse(tag, error);
+        }
+        false
+    }
+
+    /// A transaction in which only Parse/Describe ran so far (a driver preparing its
+    /// statement) moves to the backend its first real statement needs: the first
+    /// server rolls back and goes back to its pool, BEGIN goes to the new one, and
+    /// statements are prepared there as on any other. `None`: it cannot move (the
+    /// caller refuses the statement); `Some(false)`: moving failed and the client
+    /// was answered; `Some(true)`: moved.
+    pub(super) async fn move_transaction(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        map: &ShardMap,
+    ) -> Option<bool> {
+        let settled = self.pipeline.is_empty() && !self.pipeline.unsynced;
+        let (Some(begin), false, true) = (self.begin.clone(), self.touched, settled) else {
+            return None;
+        };
+        let Some(Decision::One(target)) = self.decision(tag, frame, map) else {
+            return None;
+        };
+        let mut server = self.server.take()?;
+        self.backend = None;
+        self.info.detach();
+        match server.execute("ROLLBACK").await {
+            Ok(()) => server.idle = true,
+            Err(_) => server.broken = true,
+        }
+        drop(server);
+        self.deferred_begin = Some(begin);
+        match self.attach(target).await {
+            Ok(()) => Some(true),
+            Err(e) => {
+                // The client was told BEGIN succeeded; the transaction is now failed.
+                self.deferred_begin = self.begin.take();
+                self.refuse_deferred(tag, e);
+                Some(false)
+            }
+        }
+    }
+
+    /// Refuses a statement inside the attached server's transaction, failing that
+    /// transaction on the server too (see the module comment).
+    pub(super) fn refuse_in_transaction(&mut self, tag: u8, why: String) {
+        if tag == b'Q' {
+            self.swbuf.extend_from_slice(&raise_query(&why));
+            self.push(crate::frontend::pipeline::Req::Query);
+        } else {
+            self.raise_at_sync = Some(why);
+            self.pipeline.skip_until_sync = true;
+        }
+    }
+
+    /// The routing decision for a Query, or a Bind with its statement's plan.
+    /// `None` for other messages, and for statements the lexer cannot read (they go
+    /// to the default backend, which reports the error).
+    pub(super) fn decision(&self, tag: u8, frame: &[u8], map: &ShardMap) -> Option<Decision> {
+        let payload = frame.get(5..)?;
+        match tag {
+            b'Q' => {
+                let sql = std::str::from_utf8(payload.strip_suffix(b"\0")?).ok()?;
+                let analyzed = self.app.plans.analyze(sql, map).ok()?;
+                Some(decide(&analyzed, &[], map))
+            }
+            b'B' => self.bind_decision(payload, None, map),
+            _ => None,
+        }
+    }
+
+    /// A Bind's decision (`payload` without the header). Its statement is the
+    /// client's named one, or the unnamed one: `unnamed` (a Parse message not yet
+    /// recorded) or else the last one recorded.
+    pub(super) fn bind_decision(
+        &self,
+        payload: &[u8],
+        unnamed: Option<&[u8]>,
+        map: &ShardMap,
+    ) -> Option<Decision> {
+        let (_, name, rest_at) = messages::bind_names(payload)?;
+        let parse: &[u8] = if name.is_empty() {
+            match unnamed {
+                Some(parse) => parse,
+                None => &self.unnamed.as_ref()?.parse,
+            }
+        } else {
+            &self.statements.get(name)?.parse
+        };
+        let (_, query, _) = messages::parse_message(parse.get(5..)?)?;
+        let sql = std::str::from_utf8(query).ok()?;
+        let analyzed = self.app.plans.analyze(sql, map).ok()?;
+        let params: Vec<Param> = messages::bind_params(payload, rest_at)?
+            .into_iter()
+            .map(|(format, value)| Param { format, value })
+            .collect();
+        Some(decide(&analyzed, &params, map))
+    }
+
+    /// Where the transaction that `frame` starts runs.
+    pub(super) fn route_first(&self, tag: u8, frame: &[u8], map: &ShardMap) -> Target {
+        let default = Target::Backend(map.default_backend);
+        let autocommit = tag == b'Q' && self.deferred_begin.is_none();
+        match self.decision(tag, frame, map) {
+            None | Some(Decision::Default | Decision::Session) => default,
+            Some(Decision::One(backend)) => Target::Backend(backend),
+            Some(Decision::Begin) if autocommit => Target::DeferBegin,
+            Some(Decision::Begin) => default,
+            Some(Decision::All) if self.deferred_begin.is_none() => Target::Everywhere,
+            Some(Decision::Maintenance) if autocommit => Target::Maintenance,
+            Some(Decision::Error(why)) => Target::Refuse(ClientError::Unsupported(why)),
+            Some(other) => Target::Refuse(ClientError::Unsupported(needs_several(&other))),
+        }
+    }
+
+    /// Inside a transaction on `backend`: whether the statement may run there.
+    pub(super) fn check_in_transaction(
+        &self,
+        tag: u8,
+        frame: &[u8],
+        backend: BackendId,
+        map: &ShardMap,
+    ) -> Result<(), String> {
+        match self.decision(tag, frame, map) {
+            None | Some(Decision::Default | Decision::Session | Decision::Begin) => Ok(()),
+            Some(Decision::One(b)) if b == backend => Ok(()),
+            Some(Decision::One(b)) => Err(format!(
+                "this transaction runs on backend \"{}\"; a statement for backend \"{}\" \
+                 in the same transaction needs a distributed transaction, which pgshard \
+                 does not support yet",
+                map.backends[backend].name, map.backends[b].name
+            )),
+            Some(Decision::Error(why)) => Err(why),
+            Some(other) => Err(needs_several(&other)),
+        }
+    }
+
+    /// Answers a BEGIN whose backend is not known yet.
+    pub(super) fn defer_begin(&mut self, frame: Bytes) {
+        self.deferred_begin = Some(frame);
+        self.pipeline.tx_status = b'T';
+        let mut reply = BytesMut::new();
+        messages::command_complete(&mut reply, "BEGIN");
+        messages::ready_for_query(&mut reply, b'T');
+        self.pipeline.push(Expect::Synthetic(reply.freeze()));
+    }
+
+    /// COMMIT or ROLLBACK of a deferred transaction in which nothing ran: answered
+    /// here. `false` when `sql` is something else.
+    pub(super) fn end_deferred(&mut self, sql: &[u8]) -> bool {
+        let words: Vec<String> = String::from_utf8_lossy(sql)
+            .trim_end_matches(['\0', ';', ' ', '\n'])
+            .split_whitespace()
+            .take(3)
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let ends = match words.first().map(String::as_str) {
+            Some("commit" | "end") => words.len() <= 2,
+            Some("rollback" | "abort") => words.len() <= 2,
+            _ => false,
+        };
+        if !ends {
+            return false;
+        }
+        // A failed transaction's COMMIT rolls back, as in PostgreSQL.
+        let committed =
+            matches!(words[0].as_str(), "commit" | "end") && self.pipeline.tx_status != b'E';
+        self.deferred_begin = None;
+        self.pipeline.tx_status = b'I';
+        let mut reply = BytesMut::new();
+        messages::command_complete(&mut reply, if committed { "COMMIT" } else { "ROLLBACK" });
+        messages::ready_for_query(&mut reply, b'I');
+        self.pipeline.push(Expect::Synthetic(reply.freeze()));
+        true
+    }
+
+    /// Refuses the first statement of a deferred transaction: the transaction fails,
+    /// as it would in PostgreSQL.
+    pub(super) fn refuse_deferred(&mut self, tag: u8, e: ClientError) {
+        if tag == b'Q' {
+            crate::stats::Stats::client_error(e.kind());
+            self.pipeline.tx_status = b'E';
+            let mut reply = BytesMut::new();
+            e.write(&mut reply);
+            messages::ready_for_query(&mut reply, b'E');
+            self.pipeline
+                .push(crate::frontend::pipeline::Expect::Synthetic(reply.freeze()));
+        } else {
+            self.pipeline.tx_status = b'E';
+            self.synthetic_error(e);
+        }
+    }
+}
+
+/// A statement that makes the server raise `message` (SQLSTATE 0A000), so that the
+/// server's transaction fails the way the client is told it did.
+pub(super) fn raise_query(message: &str) -> Bytes {
+    let sql = format!(
+        "DO $pgshard$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{}'; END$pgshard$",
+        message.replace('\'', "''").replace("$pgshard$", "")
+    );
+    let mut out = BytesMut::new();
+    messages::query(&mut out, &sql);
+    out.freeze()
+}
+
+/// Why a decision that needs several backends cannot run (yet).
+fn needs_several(decision: &Decision) -> String {
+    let what = match decision {
+        Decision::Many(_) => "its keys live on several backends",
+        Decision::Scatter => "it reads a sharded table without its key (a scatter-gather read)",
+        Decision::Split(_) => "its rows belong on several backends",
+        Decision::CopyIn => "COPY into a sharded table splits rows across backends",
+        Decision::CopyOut => "COPY out of a sharded table gathers from every backend",
+        Decision::All | Decision::Maintenance => {
+            "it runs on every backend, which pgshard does only outside a transaction"
+        }
+        _ => "it needs several backends",
+    };
+    format!("pgshard cannot run this statement yet: {what}")
+}
