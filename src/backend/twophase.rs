@@ -22,8 +22,9 @@ use super::server::{ServerConn, ServerError};
 
 /// Every gid pgshard makes starts with this.
 pub const GID_PREFIX: &str = "pgshard_";
-/// The decision log, on the log backend.
-pub const LOG_TABLE: &str = "pgshard_2pc_log";
+/// The decision log, on the log backend, in a schema of its own so that it stays
+/// out of users' `\d`.
+pub const LOG_TABLE: &str = "pgshard.two_phase_log";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TwoPhaseError {
@@ -247,13 +248,16 @@ async fn rollback_prepared(gid: &str, participants: &mut [&mut ServerConn]) {
 /// other's error is harmless).
 async fn ensure_log(conn: &mut ServerConn) -> Result<(), ServerError> {
     let sql = format!(
-        "CREATE TABLE IF NOT EXISTS {LOG_TABLE} \
+        "CREATE SCHEMA IF NOT EXISTS pgshard; CREATE TABLE IF NOT EXISTS {LOG_TABLE} \
          (gid text PRIMARY KEY, decided_at timestamptz NOT NULL DEFAULT now())"
     );
     match conn.execute(&sql).await {
         Ok(()) => Ok(()),
-        // unique_violation / duplicate_table from a concurrent creator.
-        Err(ServerError::Server(f)) if f.code == "23505" || f.code == "42P07" => Ok(()),
+        // unique_violation / duplicate_table / duplicate_schema from a concurrent
+        // creator.
+        Err(ServerError::Server(f)) if matches!(f.code.as_str(), "23505" | "42P07" | "42P06") => {
+            Ok(())
+        }
         Err(e) => Err(e),
     }
 }
