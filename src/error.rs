@@ -38,6 +38,12 @@ pub enum ClientError {
     SharedTransaction,
     #[error("current transaction is aborted, commands ignored until end of transaction block")]
     TransactionAborted,
+    #[error(
+        "the outcome of the commit is unknown: {0}; pgshard's recovery completes or undoes it"
+    )]
+    CommitUnknown(String),
+    #[error("the transaction was rolled back: {0}")]
+    RolledBack(String),
 }
 
 impl ClientError {
@@ -56,6 +62,8 @@ impl ClientError {
             ClientError::SessionRestore(_) => "55000",
             ClientError::SharedTransaction => "25000",
             ClientError::TransactionAborted => "25P02",
+            ClientError::CommitUnknown(_) => "08007",
+            ClientError::RolledBack(_) => "40000",
         }
     }
 
@@ -77,6 +85,8 @@ impl ClientError {
             ClientError::SessionRestore(_) => "session_restore",
             ClientError::SharedTransaction => "shared_transaction",
             ClientError::TransactionAborted => "transaction_aborted",
+            ClientError::CommitUnknown(_) => "commit_unknown",
+            ClientError::RolledBack(_) => "rolled_back",
         }
     }
 

@@ -21,6 +21,14 @@ pub struct Proxy {
 impl Proxy {
     pub async fn bind(config: Config) -> anyhow::Result<Proxy> {
         let map = ShardMap::load(&config.shard_map)?;
+        if config.pool_mode == crate::config::PoolMode::Session && map.backends.len() > 1 {
+            anyhow::bail!(
+                "pool_mode = \"session\" works with one backend only (a session keeps its \
+                 server connection, so it cannot follow keys to other backends); the shard \
+                 map lists {}",
+                map.backends.len()
+            );
+        }
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -351,3 +351,243 @@ async fn pgbench_reads_by_key_in_every_protocol() {
     }
     assert_eq!(total, 3 * 800);
 }
+
+const TRUST_APP: &str = "[[users]]\nname = \"app\"\nauth = \"trust\"\n";
+
+/// The tags of the replies, and the first ErrorResponse's SQLSTATE.
+fn tags(replies: &[(u8, Vec<u8>)]) -> String {
+    replies.iter().map(|(t, _)| *t as char).collect()
+}
+
+fn ready_status(replies: &[(u8, Vec<u8>)]) -> Option<u8> {
+    replies
+        .last()
+        .filter(|(t, _)| *t == b'Z')
+        .map(|(_, p)| p[0])
+}
+
+fn insert_sql(aid: i32) -> String {
+    format!("INSERT INTO pgbench_accounts (aid, bid, abalance) VALUES ({aid}, 1, 0)")
+}
+
+/// Raw-protocol traffic drivers produce: each write must land on its key's backend.
+#[tokio::test]
+async fn driver_message_patterns_route_every_statement() {
+    use common::raw;
+    let _turn = SERIAL.lock().await;
+    let map = map();
+    let proxy = common::proxy_client(cluster()).await;
+    accounts(&proxy).await;
+    let app = common::start_proxy(cluster(), "routing-raw", TRUST_APP);
+    let fresh: Vec<i32> = (10_001..10_100).collect();
+    let (a, b) = (
+        fresh[0],
+        fresh[1..]
+            .iter()
+            .copied()
+            .find(|&k| backend_of(&map, k) != backend_of(&map, fresh[0]))
+            .unwrap(),
+    );
+
+    // A named Parse in the same batch as its first Bind (JDBC's first execution).
+    let mut client = common::RawClient::login(app.addr, "app").await;
+    let insert = "INSERT INTO pgbench_accounts (aid, bid, abalance) VALUES ($1, 1, 0)";
+    let a_text = a.to_string();
+    client
+        .send(&raw::batch(&[
+            raw::parse("ins", insert),
+            raw::bind_text("ins", &[&a_text]),
+            raw::execute(),
+            raw::sync(),
+        ]))
+        .await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "12CZ", "{replies:?}");
+    assert_eq!(balance_direct(backend_of(&map, a), a).await, Some(0));
+
+    // Two simple Queries for different backends in one write.
+    let (c, d) = (a + 200, b + 200);
+    client
+        .send(&raw::batch(&[
+            raw::query(&insert_sql(c)),
+            raw::query(&insert_sql(d)),
+        ]))
+        .await;
+    assert_eq!(tags(&client.until_ready().await), "CZ");
+    assert_eq!(tags(&client.until_ready().await), "CZ");
+    for k in [c, d] {
+        assert_eq!(
+            balance_direct(backend_of(&map, k), k).await,
+            Some(0),
+            "aid {k}"
+        );
+    }
+
+    // Two extended batches for different backends in one write.
+    let b_text = b.to_string();
+    client
+        .send(&raw::batch(&[
+            raw::bind_text("ins", &[&b_text]),
+            raw::execute(),
+            raw::sync(),
+            raw::parse("", insert),
+            raw::bind_text("", &[&(b + 400).to_string()]),
+            raw::execute(),
+            raw::sync(),
+        ]))
+        .await;
+    assert_eq!(tags(&client.until_ready().await), "2CZ");
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "12CZ", "{replies:?}");
+    for k in [b, b + 400] {
+        assert_eq!(
+            balance_direct(backend_of(&map, k), k).await,
+            Some(0),
+            "aid {k}"
+        );
+    }
+
+    // A keyless write as an extended batch runs everywhere; the session carries on.
+    client
+        .send(&raw::batch(&[
+            raw::parse(
+                "",
+                "UPDATE pgbench_accounts SET abalance = 2 WHERE abalance = 0",
+            ),
+            raw::bind(""),
+            raw::execute(),
+            raw::sync(),
+        ]))
+        .await;
+    assert_eq!(tags(&client.until_ready().await), "12CZ");
+    client.send(&raw::query("SELECT 1")).await;
+    client.until_ready().await;
+    client.send(&raw::query(&insert_sql(a + 600))).await;
+    client.until_ready().await;
+    assert_eq!(
+        balance_direct(backend_of(&map, a + 600), a + 600).await,
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn refusals_keep_client_and_server_in_step() {
+    use common::raw;
+    let _turn = SERIAL.lock().await;
+    let map = map();
+    let proxy = common::proxy_client(cluster()).await;
+    accounts(&proxy).await;
+    let app = common::start_proxy(cluster(), "routing-refusals", TRUST_APP);
+    let (a, b) = apart(&map);
+    let mut client = common::RawClient::login(app.addr, "app").await;
+
+    // In a transaction, a refused Bind after an earlier error in its batch: the
+    // batch still ends, in a failed transaction.
+    client.send(&raw::query("BEGIN")).await;
+    client.until_ready().await;
+    client
+        .send(&raw::query(&format!(
+            "UPDATE pgbench_accounts SET abalance = 1 WHERE aid = {a}"
+        )))
+        .await;
+    client.until_ready().await;
+    let update = "UPDATE pgbench_accounts SET abalance = 1 WHERE aid = $1";
+    client
+        .send(&raw::batch(&[
+            raw::parse("", "SELECT 1/0"),
+            raw::bind(""),
+            raw::execute(),
+            raw::parse("", update),
+            raw::bind_text("", &[&b.to_string()]),
+            raw::execute(),
+            raw::sync(),
+        ]))
+        .await;
+    let replies = client.until_ready().await;
+    assert_eq!(ready_status(&replies), Some(b'E'), "{replies:?}");
+    client.send(&raw::query("ROLLBACK")).await;
+    assert_eq!(ready_status(&client.until_ready().await), Some(b'I'));
+    assert_eq!(balance_direct(backend_of(&map, a), a).await, Some(0));
+
+    // A refused statement right after BEGIN: the client sees a failed transaction.
+    client.send(&raw::query("BEGIN")).await;
+    client.until_ready().await;
+    client
+        .send(&raw::batch(&[
+            raw::parse("", "SELECT count(*) FROM pgbench_accounts"),
+            raw::bind(""),
+            raw::execute(),
+            raw::sync(),
+        ]))
+        .await;
+    let replies = client.until_ready().await;
+    assert!(tags(&replies).contains('E'), "{replies:?}");
+    assert_eq!(ready_status(&replies), Some(b'E'));
+    client.send(&raw::query("ROLLBACK")).await;
+    assert_eq!(ready_status(&client.until_ready().await), Some(b'I'));
+
+    // A table the map does not list lives on the default backend: a transaction
+    // elsewhere may not write it.
+    proxy
+        .batch_execute("DROP TABLE IF EXISTS routing_audit; CREATE TABLE routing_audit (x int)")
+        .await
+        .unwrap();
+    let away = (1..=ROWS)
+        .find(|&k| backend_of(&map, k) != map.default_backend)
+        .unwrap();
+    client.send(&raw::query("BEGIN")).await;
+    client.until_ready().await;
+    client
+        .send(&raw::query(&format!(
+            "UPDATE pgbench_accounts SET abalance = 9 WHERE aid = {away}"
+        )))
+        .await;
+    client.until_ready().await;
+    client
+        .send(&raw::query("INSERT INTO routing_audit VALUES (1)"))
+        .await;
+    let replies = client.until_ready().await;
+    assert_eq!(ready_status(&replies), Some(b'E'), "{replies:?}");
+    client.send(&raw::query("COMMIT")).await;
+    client.until_ready().await;
+    assert_eq!(balance_direct(backend_of(&map, away), away).await, Some(0));
+    // Outside a transaction it goes to the default backend, where reads find it.
+    proxy
+        .batch_execute("INSERT INTO routing_audit VALUES (2)")
+        .await
+        .unwrap();
+    let row = proxy
+        .query_one("SELECT count(*) FROM routing_audit", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1);
+}
+
+#[tokio::test]
+async fn fanout_returns_every_row_and_needs_one_connection_per_pool() {
+    let _turn = SERIAL.lock().await;
+    let proxy = common::proxy_client(cluster()).await;
+    accounts(&proxy).await;
+    let rows = proxy
+        .query(
+            "UPDATE pgbench_accounts SET abalance = 4 RETURNING aid",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), ROWS as usize);
+    // One server connection per backend: DDL and keyless writes still commit.
+    let one = common::start_proxy(
+        cluster(),
+        "routing-pool-one",
+        &format!("pool_size = 1\ncheckout_timeout_ms = 3000\n{TRUST_APP}"),
+    );
+    let client = common::connect(one.addr, "app", "", common::DATABASE)
+        .await
+        .unwrap();
+    let updated = client
+        .execute("UPDATE pgbench_accounts SET abalance = 5", &[])
+        .await
+        .unwrap();
+    assert_eq!(updated, ROWS as u64);
+}

@@ -313,18 +313,18 @@ async fn a_client_leaving_mid_batch_leaves_statements_usable() {
     let backend = common::backend_client(cluster(), 0).await;
     let statement = "SELECT 42 AS shared_mid_batch";
     let mut leaver = common::RawClient::login(proxy.addr, "app").await;
-    leaver.send(&raw::parse("s1", statement)).await;
-    leaver.send(&raw::sync()).await;
+    leaver.send(&common::raw::parse("s1", statement)).await;
+    leaver.send(&common::raw::sync()).await;
     leaver.until_ready().await;
     // A sleep, then the named statement new to the shared connection; then gone.
     let sleep = "SELECT pg_sleep(30), 'shared-mid-batch'";
-    let mut batch = raw::parse("", sleep);
+    let mut batch = common::raw::parse("", sleep);
     for part in [
-        raw::bind(""),
-        raw::execute(),
-        raw::bind("s1"),
-        raw::execute(),
-        raw::sync(),
+        common::raw::bind(""),
+        common::raw::execute(),
+        common::raw::bind("s1"),
+        common::raw::execute(),
+        common::raw::sync(),
     ] {
         batch.extend_from_slice(&part);
     }
@@ -346,35 +346,5 @@ async fn a_client_leaving_mid_batch_leaves_statements_usable() {
     for _ in 0..20 {
         let row = client.query_one(&prepared, &[]).await.unwrap();
         assert_eq!(row.get::<_, i32>(0), 42);
-    }
-}
-
-/// Extended-protocol messages built by hand.
-mod raw {
-    use super::common::message;
-
-    pub fn parse(name: &str, sql: &str) -> Vec<u8> {
-        let mut p = format!("{name}\0{sql}\0").into_bytes();
-        p.extend_from_slice(&0i16.to_be_bytes());
-        message(b'P', &p)
-    }
-
-    /// Bind of `statement` to the unnamed portal, no parameters, text results.
-    pub fn bind(statement: &str) -> Vec<u8> {
-        let mut p = format!("\0{statement}\0").into_bytes();
-        for _ in 0..3 {
-            p.extend_from_slice(&0i16.to_be_bytes());
-        }
-        message(b'B', &p)
-    }
-
-    pub fn execute() -> Vec<u8> {
-        let mut p = vec![0u8];
-        p.extend_from_slice(&0i32.to_be_bytes());
-        message(b'E', &p)
-    }
-
-    pub fn sync() -> Vec<u8> {
-        message(b'S', &[])
     }
 }

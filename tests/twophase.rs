@@ -154,7 +154,10 @@ async fn a_failed_participant_aborts_everyone() {
     let (mut a, mut b) = participants(&map, "tp_failed").await;
     // b's transaction fails; PREPARE then only rolls it back.
     assert!(b.execute("SELECT 1/0").await.is_err());
-    let err = coordinator.commit(&mut [&mut a, &mut b]).await.unwrap_err();
+    let err = coordinator
+        .commit(&mut [&mut a, &mut b], None)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("backend 1"), "{err}");
     for backend in 0..2 {
         assert_eq!(count(backend, "SELECT count(*) FROM tp_failed").await, 0);
@@ -163,7 +166,10 @@ async fn a_failed_participant_aborts_everyone() {
     assert_eq!(count(0, leftover).await + count(1, leftover).await, 0);
     // And a clean commit across both works.
     let (mut a, mut b) = participants(&map, "tp_failed").await;
-    coordinator.commit(&mut [&mut a, &mut b]).await.unwrap();
+    coordinator
+        .commit(&mut [&mut a, &mut b], None)
+        .await
+        .unwrap();
     for backend in 0..2 {
         assert_eq!(count(backend, "SELECT count(*) FROM tp_failed").await, 1);
     }

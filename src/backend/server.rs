@@ -151,6 +151,16 @@ impl ServerConn {
         loop {
             let info = self.read_frame().await?;
             let frame = self.rbuf.split_to(info.len).freeze();
+            if matches!(info.tag, b'G' | b'H' | b'W') {
+                // COPY needs data this caller does not have: end it, and fail.
+                let mut fail = BytesMut::new();
+                let at = messages::begin(&mut fail, b'f');
+                messages::put_cstr(&mut fail, b"COPY is not supported here");
+                messages::finish(&mut fail, at);
+                self.stream.write_all(&fail).await?;
+                self.broken = true;
+                return Err(ServerError::Protocol("unexpected COPY".into()));
+            }
             let done = info.tag == b'Z';
             frames.push(frame);
             if done {

@@ -32,6 +32,8 @@ pub enum TwoPhaseError {
     Participant { backend: usize, source: ServerError },
     #[error("writing the commit decision: {0}")]
     Log(ServerError),
+    #[error("the commit decision could not be written ({0}); rolled back")]
+    NotDecided(String),
     /// Committed (the decision is logged), but this participant has not heard yet;
     /// recovery completes it.
     #[error("committed; backend {backend} completes it later: {source}")]
@@ -72,11 +74,17 @@ impl Coordinator {
 
     /// Commits the transactions open on `participants` (each inside BEGIN, its
     /// work done) as one. On error nothing is committed unless the decision was
-    /// logged, in which case the commit completes (now or by recovery).
-    pub async fn commit(&self, participants: &mut [&mut ServerConn]) -> Result<(), TwoPhaseError> {
+    /// logged, in which case the commit completes (now or by recovery). `log`:
+    /// the participant on the log backend, whose connection (free once prepared)
+    /// writes the decision, so the caller holding it cannot starve the pool.
+    pub async fn commit(
+        &self,
+        participants: &mut [&mut ServerConn],
+        log: Option<usize>,
+    ) -> Result<(), TwoPhaseError> {
         let gid = Coordinator::new_gid();
         self.track(&gid, true);
-        let result = self.commit_as(&gid, participants).await;
+        let result = self.commit_as(&gid, participants, log).await;
         self.track(&gid, false);
         result
     }
@@ -85,14 +93,25 @@ impl Coordinator {
         &self,
         gid: &str,
         participants: &mut [&mut ServerConn],
+        log: Option<usize>,
     ) -> Result<(), TwoPhaseError> {
         self.prepare(gid, participants).await?;
-        if let Err(e) = self.decide(gid).await {
-            // Not logged: abort. Whatever cannot be rolled back now, recovery will.
-            rollback_prepared(gid, participants).await;
-            return Err(e);
+        let decided = match log.and_then(|i| participants.get_mut(i)) {
+            Some(conn) => decide_on(conn, gid).await,
+            None => self.decide(gid).await,
+        };
+        match decided {
+            Ok(()) => {}
+            // The server refused the insert: not decided, so roll back now.
+            Err(TwoPhaseError::Log(ServerError::Server(fields))) => {
+                rollback_prepared(gid, participants).await;
+                return Err(TwoPhaseError::NotDecided(fields.message));
+            }
+            // Whether the insert took effect is unknown: recovery commits if the
+            // decision is in the log and rolls back if not.
+            Err(e) => return Err(e),
         }
-        self.finish(gid, participants).await
+        self.finish_on(gid, participants, log).await
     }
 
     /// Step 1. On failure every participant is rolled back.
@@ -129,9 +148,7 @@ impl Coordinator {
     /// Step 2: the commit decision, durable when this returns.
     pub async fn decide(&self, gid: &str) -> Result<(), TwoPhaseError> {
         let mut log = self.log.checkout().await?;
-        ensure_log(&mut log).await.map_err(TwoPhaseError::Log)?;
-        let sql = format!("INSERT INTO {LOG_TABLE} (gid) VALUES ('{gid}')");
-        log.execute(&sql).await.map_err(TwoPhaseError::Log)
+        decide_on(&mut log, gid).await
     }
 
     /// Step 3. A participant that cannot be reached now is committed by recovery
@@ -141,6 +158,15 @@ impl Coordinator {
         &self,
         gid: &str,
         participants: &mut [&mut ServerConn],
+    ) -> Result<(), TwoPhaseError> {
+        self.finish_on(gid, participants, None).await
+    }
+
+    async fn finish_on(
+        &self,
+        gid: &str,
+        participants: &mut [&mut ServerConn],
+        log: Option<usize>,
     ) -> Result<(), TwoPhaseError> {
         let sql = format!("COMMIT PREPARED '{gid}'");
         let mut failure = None;
@@ -153,10 +179,18 @@ impl Coordinator {
             tracing::warn!(%gid, error = %failure, "commit left to recovery");
             return Err(failure);
         }
-        let mut log = self.log.checkout().await?;
-        let sql = format!("DELETE FROM {LOG_TABLE} WHERE gid = '{gid}'");
         // A row left behind is removed by the next recovery pass.
-        let _ = log.execute(&sql).await;
+        let sql = format!("DELETE FROM {LOG_TABLE} WHERE gid = '{gid}'");
+        match log.and_then(|i| participants.get_mut(i)) {
+            Some(conn) => {
+                let _ = conn.execute(&sql).await;
+            }
+            None => {
+                if let Ok(mut conn) = self.log.checkout().await {
+                    let _ = conn.execute(&sql).await;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -242,6 +276,14 @@ async fn rollback_prepared(gid: &str, participants: &mut [&mut ServerConn]) {
     for p in participants.iter_mut() {
         let _ = p.execute(&format!("ROLLBACK PREPARED '{gid}'")).await;
     }
+}
+
+/// Writes the commit decision for `gid` on `conn` (a connection to the log backend,
+/// outside any transaction).
+async fn decide_on(conn: &mut ServerConn, gid: &str) -> Result<(), TwoPhaseError> {
+    ensure_log(conn).await.map_err(TwoPhaseError::Log)?;
+    let sql = format!("INSERT INTO {LOG_TABLE} (gid) VALUES ('{gid}')");
+    conn.execute(&sql).await.map_err(TwoPhaseError::Log)
 }
 
 /// Creates the log table if it is missing (two creators at once: one wins, the

@@ -69,6 +69,9 @@ pub struct Pipeline {
     pub skip_until_sync: bool,
     /// Extended-protocol messages were sent since the last Sync.
     pub unsynced: bool,
+    /// The server failed a message of the current extended batch and skips the rest
+    /// up to Sync.
+    pub batch_failed: bool,
     /// Transaction status from the last ReadyForQuery.
     pub tx_status: u8,
     /// Named statements of the client whose Parse failed or was skipped: the client
@@ -82,6 +85,7 @@ impl Default for Pipeline {
             queue: VecDeque::new(),
             skip_until_sync: false,
             unsynced: false,
+            batch_failed: false,
             tx_status: b'I',
             unparsed: Vec::new(),
         }
@@ -215,6 +219,7 @@ impl Pipeline {
             }
         }
         self.skip_until_sync = true;
+        self.batch_failed = true;
     }
 
     /// The server connection is gone: nothing more will be answered.

@@ -16,7 +16,10 @@ pub struct Param<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// The default backend.
+    /// Any backend will do (no user table, or reference tables only); alone it goes
+    /// to the default backend, inside a transaction wherever that runs.
+    Any,
+    /// The default backend (it holds the tables the map does not list).
     Default,
     /// One backend.
     One(BackendId),
@@ -59,6 +62,7 @@ pub fn decide(analyzed: &Analyzed, params: &[Param], map: &ShardMap) -> Decision
 fn decide_plan(plan: &Plan, values: &Values, map: &ShardMap) -> Decision {
     match plan {
         Plan::Multi(plans) => decide_multi(plans, values, map),
+        Plan::Any => Decision::Any,
         Plan::Default => Decision::Default,
         Plan::All => Decision::All,
         Plan::Session => Decision::Session,
@@ -82,7 +86,8 @@ fn decide_plan(plan: &Plan, values: &Values, map: &ShardMap) -> Decision {
             backends.sort_unstable();
             backends.dedup();
             match backends.as_slice() {
-                [] => Decision::Default,
+                // Only NULL keys: no row anywhere.
+                [] => Decision::Any,
                 [one] => Decision::One(*one),
                 _ => Decision::Many(backends),
             }
@@ -115,12 +120,16 @@ fn decide_plan(plan: &Plan, values: &Values, map: &ShardMap) -> Decision {
 }
 
 /// Several statements in one Query string run together on one backend: the one
-/// their keys name (statements without a key go along).
+/// their keys (or unlisted tables) name; statements that run anywhere go along.
 fn decide_multi(plans: &[Plan], values: &Values, map: &ShardMap) -> Decision {
     let mut target = None;
     for plan in plans {
-        match decide_plan(plan, values, map) {
-            Decision::Default | Decision::Session | Decision::Begin => {}
+        let decision = match decide_plan(plan, values, map) {
+            Decision::Default => Decision::One(map.default_backend),
+            other => other,
+        };
+        match decision {
+            Decision::Any | Decision::Session | Decision::Begin => {}
             Decision::One(b) if *target.get_or_insert(b) == b => {}
             Decision::Error(why) => return Decision::Error(why),
             _ => {
@@ -132,7 +141,7 @@ fn decide_multi(plans: &[Plan], values: &Values, map: &ShardMap) -> Decision {
             }
         }
     }
-    target.map_or(Decision::Default, Decision::One)
+    target.map_or(Decision::Any, Decision::One)
 }
 
 /// `/* pgshard: key=VALUE */`: the backend owning VALUE, typed as the statement's

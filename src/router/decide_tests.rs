@@ -151,7 +151,7 @@ fn parameters_in_text_and_binary() {
         format: 0,
         value: None,
     };
-    assert_eq!(run(m, sql, &[null]), Decision::Default);
+    assert_eq!(run(m, sql, &[null]), Decision::Any);
     let sql = "SELECT * FROM names WHERE name = $2 AND x = $1";
     assert_eq!(
         run(m, sql, &[text("x"), text("bob")]),
@@ -283,10 +283,17 @@ fn ddl_maintenance_and_reference_tables() {
     ] {
         check(m, sql, Decision::Maintenance);
     }
-    check(m, "SELECT * FROM countries", Decision::Default);
-    check(m, "SELECT * FROM pg_catalog.pg_class", Decision::Default);
-    check(m, "SELECT 1", Decision::Default);
+    check(m, "SELECT * FROM countries", Decision::Any);
+    check(m, "SELECT * FROM pg_catalog.pg_class", Decision::Any);
+    check(
+        m,
+        "SELECT * FROM pg_class JOIN information_schema.tables t ON true",
+        Decision::Any,
+    );
+    check(m, "SELECT 1", Decision::Any);
     check(m, "INSERT INTO unknown_table VALUES (1)", Decision::Default);
+    check(m, "SELECT * FROM audit", Decision::Default);
+    check(m, "UPDATE audit SET x = 1", Decision::Default);
 }
 
 #[test]
@@ -313,7 +320,7 @@ fn session_statements_copy_and_hints() {
         Decision::CopyIn,
     );
     check(m, "COPY pgbench_accounts TO STDOUT", Decision::CopyOut);
-    check(m, "COPY countries FROM STDIN", Decision::All);
+    check_error(m, "COPY countries FROM STDIN", &[], "reference table");
     check(m, "COPY other FROM STDIN", Decision::Default);
     check_error(
         m,
@@ -371,7 +378,19 @@ fn several_statements_for_one_backend_run_together() {
         "BEGIN; UPDATE pgbench_accounts SET abalance = 1 WHERE aid = 7; SELECT now()",
         Decision::One(int(7)),
     );
-    check(m, "SET x = 1; SELECT 1", Decision::Default);
+    check(m, "SET x = 1; SELECT 1", Decision::Any);
+    check(
+        m,
+        "SELECT * FROM audit; SELECT now()",
+        Decision::One(m.default_backend),
+    );
+    let away = (1..100).find(|&a| int(a) != m.default_backend).unwrap();
+    check_error(
+        m,
+        &format!("INSERT INTO audit VALUES (1); UPDATE pgbench_accounts SET abalance = 1 WHERE aid = {away}"),
+        &[],
+        "need different backends",
+    );
     let (a, b) = (1..100)
         .flat_map(|a| (1..100).map(move |b| (a, b)))
         .find(|&(a, b)| int(a) != int(b))

@@ -396,3 +396,51 @@ where
     let row = client.query_one(statement, params).await.expect("query");
     row.get(0)
 }
+
+/// Extended-protocol messages built by hand.
+pub mod raw {
+    use super::message;
+
+    pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut p = format!("{name}\0{sql}\0").into_bytes();
+        p.extend_from_slice(&0i16.to_be_bytes());
+        message(b'P', &p)
+    }
+
+    /// Bind of `statement` to the unnamed portal, no parameters, text results.
+    pub fn bind(statement: &str) -> Vec<u8> {
+        bind_text(statement, &[])
+    }
+
+    /// Bind of `statement` to the unnamed portal with text parameters.
+    pub fn bind_text(statement: &str, params: &[&str]) -> Vec<u8> {
+        let mut p = format!("\0{statement}\0").into_bytes();
+        p.extend_from_slice(&0i16.to_be_bytes());
+        p.extend_from_slice(&(params.len() as i16).to_be_bytes());
+        for value in params {
+            p.extend_from_slice(&(value.len() as i32).to_be_bytes());
+            p.extend_from_slice(value.as_bytes());
+        }
+        p.extend_from_slice(&0i16.to_be_bytes());
+        message(b'B', &p)
+    }
+
+    pub fn execute() -> Vec<u8> {
+        let mut p = vec![0u8];
+        p.extend_from_slice(&0i32.to_be_bytes());
+        message(b'E', &p)
+    }
+
+    pub fn sync() -> Vec<u8> {
+        message(b'S', &[])
+    }
+
+    pub fn query(sql: &str) -> Vec<u8> {
+        message(b'Q', format!("{sql}\0").as_bytes())
+    }
+
+    /// Messages concatenated, to send in one write.
+    pub fn batch(parts: &[Vec<u8>]) -> Vec<u8> {
+        parts.concat()
+    }
+}

@@ -41,6 +41,9 @@ impl Session {
             return false;
         };
         self.answer_everywhere(&request, true).await;
+        // The batch's Sync was taken with it.
+        self.pipeline.unsynced = false;
+        self.pipeline.skip_until_sync = false;
         true
     }
 
@@ -69,15 +72,22 @@ impl Session {
         let mut at = 0;
         loop {
             let info = next_frame(&self.conn.rbuf[at..]).ok()??;
-            if !matches!(info.tag, b'D' | b'E' | b'S') {
-                return None;
+            let frame = &self.conn.rbuf[at..at + info.len];
+            match (info.tag, messages::target(&frame[5..])) {
+                // A Describe of the client's named statement, under its global name.
+                (b'D', Some((b'S', name))) if !name.is_empty() => {
+                    let statement = self.statements.get(name)?;
+                    statements::rewrite_describe(&mut bytes, &statement.global_name);
+                }
+                (b'D' | b'E' | b'S', _) => bytes.extend_from_slice(frame),
+                _ => return None,
             }
             at += info.len;
             if info.tag == b'S' {
                 break;
             }
         }
-        bytes.extend_from_slice(&self.conn.rbuf.split_to(at));
+        let _ = self.conn.rbuf.split_to(at);
         Some(Request {
             bytes: bytes.freeze(),
             statement,
@@ -151,10 +161,15 @@ impl Session {
         }
         if atomic {
             let mut conns: Vec<&mut ServerConn> = servers.iter_mut().map(|g| &mut **g).collect();
-            match self.app.coordinator.commit(&mut conns).await {
+            let log = topology.map.default_backend;
+            match self.app.coordinator.commit(&mut conns, Some(log)).await {
                 // Decided: the commit completes (the rest by recovery).
                 Ok(()) | Err(TwoPhaseError::Unfinished { .. }) => {}
-                Err(e) => return Err(ClientError::Unsupported(format!("not committed: {e}"))),
+                Err(TwoPhaseError::Log(e)) => {
+                    // The decision may or may not have been written.
+                    return Err(ClientError::CommitUnknown(e.to_string()));
+                }
+                Err(e) => return Err(ClientError::RolledBack(e.to_string())),
             }
         }
         release(&mut servers);
@@ -194,29 +209,63 @@ fn release(servers: &mut [Guard]) {
     }
 }
 
-/// The first backend's reply with row counts summed, ending in ReadyForQuery 'I'.
+/// One reply for the client: per statement, the first backend's description, the
+/// rows of every backend, and the row counts summed; then ReadyForQuery 'I'.
 fn merge(replies: &[Vec<Bytes>]) -> Bytes {
     let mut out = BytesMut::new();
-    let Some(first) = replies.first() else {
-        messages::ready_for_query(&mut out, b'I');
-        return out.freeze();
-    };
-    for (i, frame) in first.iter().enumerate() {
-        match frame.first() {
-            Some(b'Z') => {}
-            Some(b'C') => {
-                let tags: Vec<&[u8]> = replies
-                    .iter()
-                    .filter_map(|r| r.get(i))
-                    .map(|f| command_tag(f))
-                    .collect();
-                messages::command_complete(&mut out, &sum_tags(&tags));
+    let segments: Vec<Vec<&[Bytes]>> = replies.iter().map(|r| segments(r)).collect();
+    let count = segments.first().map_or(0, Vec::len);
+    for i in 0..count {
+        let parts: Vec<&[Bytes]> = segments.iter().filter_map(|s| s.get(i).copied()).collect();
+        let Some(first) = parts.first() else {
+            continue;
+        };
+        // Description and notices: the first backend's.
+        for frame in first
+            .iter()
+            .filter(|f| !matches!(f.first(), Some(b'D' | b'C')))
+        {
+            out.extend_from_slice(frame);
+        }
+        for part in &parts {
+            for frame in part.iter().filter(|f| f.first() == Some(&b'D')) {
+                out.extend_from_slice(frame);
             }
-            _ => out.extend_from_slice(frame),
+        }
+        let tags: Vec<&[u8]> = parts
+            .iter()
+            .filter_map(|p| p.iter().find(|f| f.first() == Some(&b'C')))
+            .map(|f| command_tag(f))
+            .collect();
+        if !tags.is_empty() {
+            messages::command_complete(&mut out, &sum_tags(&tags));
         }
     }
     messages::ready_for_query(&mut out, b'I');
     out.freeze()
+}
+
+/// A reply cut after each CommandComplete (and EmptyQueryResponse), without its
+/// ReadyForQuery.
+fn segments(reply: &[Bytes]) -> Vec<&[Bytes]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, frame) in reply.iter().enumerate() {
+        match frame.first() {
+            Some(b'C' | b'I') => {
+                out.push(&reply[start..=i]);
+                start = i + 1;
+            }
+            Some(b'Z') => {
+                if start < i {
+                    out.push(&reply[start..i]);
+                }
+                break;
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 fn command_tag(frame: &[u8]) -> &[u8] {

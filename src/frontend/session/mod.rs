@@ -128,7 +128,8 @@ impl Session {
             }
             self.conn.flush().await?;
             self.maybe_release();
-            if self.server.is_none() && matches!(next_frame(&self.conn.rbuf), Ok(Some(_))) {
+            let settled = self.server.is_none() || self.pipeline.is_empty();
+            if settled && matches!(next_frame(&self.conn.rbuf), Ok(Some(_))) {
                 // Input held back until earlier requests were answered.
                 continue;
             }
@@ -185,9 +186,15 @@ impl Session {
             let topology = self.app.topology.load();
             let map = &topology.map;
             let routing = map.backends.len() > 1;
-            if routing && self.must_wait(info.tag) {
-                // Where it goes depends on how the requests before it end.
-                return Ok(true);
+            let mut mismatch = None;
+            if routing && self.server.is_some() && matches!(info.tag, b'Q' | b'B' | b'P') {
+                match self.check_attached(info.tag, info.len, map) {
+                    route::Attached::Fits => {}
+                    // Where it goes depends on how the requests before it end.
+                    route::Attached::Hold => return Ok(true),
+                    route::Attached::Release => self.release(),
+                    route::Attached::Mismatch(why) => mismatch = Some(why),
+                }
             }
             let frame = self.conn.rbuf.split_to(info.len).freeze();
             let detached = self.server.is_none() && !self.pipeline.skip_until_sync;
@@ -197,7 +204,7 @@ impl Session {
                     Ok(false) => {}
                     Err(e) => return self.fatal(e).await,
                 }
-                if routing && self.defer_unnamed_parse(&frame) {
+                if routing && self.defer_parse(&frame) {
                     continue;
                 }
             }
@@ -215,18 +222,13 @@ impl Session {
                 } else if !self.attach_routed(info.tag, &frame, map).await {
                     continue;
                 }
-            } else if routing && !detached && matches!(info.tag, b'Q' | b'B') {
-                let backend = self.backend.unwrap_or(map.default_backend);
-                if self.pipeline.tx_status == b'T' {
-                    if let Err(why) = self.check_in_transaction(info.tag, &frame, backend, map) {
-                        match self.move_transaction(info.tag, &frame, map).await {
-                            Some(true) => {}
-                            Some(false) => continue,
-                            None => {
-                                self.refuse_in_transaction(info.tag, why);
-                                continue;
-                            }
-                        }
+            } else if let Some(why) = mismatch {
+                match self.move_transaction(info.tag, &frame, map).await {
+                    Some(true) => {}
+                    Some(false) => continue,
+                    None => {
+                        self.refuse_in_transaction(info.tag, why);
+                        continue;
                     }
                 }
             }
@@ -407,12 +409,20 @@ impl Session {
 
     fn on_sync(&mut self, frame: &[u8]) {
         self.pipeline.skip_until_sync = false;
-        if let (Some(why), true) = (self.raise_at_sync.take(), self.server.is_some()) {
-            // In place of the Sync: the Query ends the batch the same way.
-            self.swbuf.extend_from_slice(&route::raise_query(&why));
-            self.push(Req::Query);
-            self.pipeline.unsynced = false;
-            return;
+        let failed = std::mem::take(&mut self.pipeline.batch_failed);
+        let raise = self.raise_at_sync.take().filter(|_| !failed);
+        if let (Some(why), true) = (raise, self.server.is_some()) {
+            // Before the Sync, messages that make the server raise the refusal, so its
+            // transaction fails too. If the batch failed already, the server skips
+            // them like the rest and the Sync still answers.
+            let (parse, bind, execute) = route::raise_messages(&why);
+            self.swbuf.extend_from_slice(&parse);
+            self.pipeline.push(Expect::InjectedParse(None));
+            self.swbuf.extend_from_slice(&bind);
+            self.push(Req::Bind);
+            self.swbuf.extend_from_slice(&execute);
+            self.push(Req::Execute);
+            self.unnamed_here = false;
         }
         if self.server.is_some() {
             self.forward(frame, Req::Sync);
@@ -420,7 +430,7 @@ impl Session {
         } else {
             self.pipeline.unsynced = false;
             let mut buf = BytesMut::new();
-            messages::ready_for_query(&mut buf, b'I');
+            messages::ready_for_query(&mut buf, self.pipeline.tx_status);
             self.pipeline.push(Expect::Synthetic(buf.freeze()));
         }
     }

@@ -10,14 +10,29 @@
 //! writes run on every backend (`fanout.rs`); other shapes that need several
 //! backends are refused with a message that says so.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 
 use super::Session;
 use crate::error::ClientError;
 use crate::frontend::pipeline::Expect;
+use crate::frontend::statements::Statement;
+use crate::limits;
 use crate::protocol::messages;
 use crate::router::decide::{decide, Decision, Param};
 use crate::router::{BackendId, ShardMap};
+
+/// Whether a message may go to the attached server.
+pub(super) enum Attached {
+    Fits,
+    /// Not yet: earlier requests must be answered first.
+    Hold,
+    /// The server is idle: let it go and route the message afresh.
+    Release,
+    /// It belongs elsewhere, inside a transaction or batch: why.
+    Mismatch(String),
+}
 
 /// Where the first message of a transaction goes.
 pub(super) enum Target {
@@ -32,29 +47,85 @@ pub(super) enum Target {
 }
 
 impl Session {
-    /// A Query that arrives while earlier requests are unanswered waits for them:
-    /// whether it starts a new transaction (routed afresh) or continues one is
-    /// known only then. (Mid-batch extended messages never wait: the server
-    /// answers nothing before Sync.)
-    pub(super) fn must_wait(&self, tag: u8) -> bool {
-        tag == b'Q' && self.server.is_some() && !self.pipeline.is_empty() && !self.pipeline.unsynced
+    /// With a server attached: whether the Query or Bind buffered at the front
+    /// (`len` bytes) may go to it.
+    pub(super) fn check_attached(&mut self, tag: u8, len: usize, map: &ShardMap) -> Attached {
+        let backend = self.backend.unwrap_or(map.default_backend);
+        if tag == b'P' {
+            // A Parse that starts a new batch outside a transaction: its Bind decides,
+            // so it waits for the server to be let go and is then kept (`defer_parse`).
+            if self.pipeline.unsynced || self.pipeline.tx_status != b'I' {
+                return Attached::Fits;
+            }
+            self.pipeline.flush_synthetic(&mut self.conn.wbuf);
+            return if self.pipeline.is_empty() {
+                Attached::Release
+            } else {
+                Attached::Hold
+            };
+        }
+        let decision = self.decision(tag, &self.conn.rbuf[..len], map);
+        let fits = match &decision {
+            None | Some(Decision::Any | Decision::Session | Decision::Begin) => true,
+            Some(Decision::Default) => backend == map.default_backend,
+            Some(Decision::One(b)) => *b == backend,
+            Some(_) => false,
+        };
+        // In a failed transaction the server refuses everything itself.
+        if fits || self.pipeline.tx_status == b'E' {
+            return Attached::Fits;
+        }
+        self.pipeline.flush_synthetic(&mut self.conn.wbuf);
+        let new_batch = !self.pipeline.unsynced;
+        if new_batch && !self.pipeline.is_empty() {
+            return Attached::Hold;
+        }
+        if new_batch && self.pipeline.tx_status == b'I' {
+            return Attached::Release;
+        }
+        let why = match decision {
+            Some(Decision::One(b)) => format!(
+                "this transaction runs on backend \"{}\"; a statement for backend \"{}\" \
+                 in the same transaction needs a distributed transaction, which pgshard \
+                 does not support yet",
+                map.backends[backend].name, map.backends[b].name
+            ),
+            Some(Decision::Default) => format!(
+                "this transaction runs on backend \"{}\"; a table the shard map does not \
+                 list lives on the default backend \"{}\", and a transaction on both \
+                 needs a distributed transaction, which pgshard does not support yet",
+                map.backends[backend].name, map.backends[map.default_backend].name
+            ),
+            Some(Decision::Error(why)) => why,
+            Some(other) => needs_several(&other),
+            None => unreachable_reason(),
+        };
+        Attached::Mismatch(why)
     }
 
-    /// An unnamed Parse with no server attached is kept and answered here; it is
-    /// sent to the backend its Bind's key chooses (`ensure_unnamed`).
-    pub(super) fn defer_unnamed_parse(&mut self, frame: &Bytes) -> bool {
-        let Some((name, query, _)) = messages::parse_message(&frame[5..]) else {
+    /// A Parse with no server attached is kept and answered here; it is sent to
+    /// the backend its Bind's key chooses (`ensure_unnamed`, `ensure_prepared`).
+    pub(super) fn defer_parse(&mut self, frame: &Bytes) -> bool {
+        let Some((name, query, types)) = messages::parse_message(&frame[5..]) else {
             return false;
         };
-        if !name.is_empty() {
-            return false;
-        }
         let changes = self.param_changes(query);
-        self.unnamed = Some(super::Unnamed {
-            parse: frame.clone(),
-            changes,
-        });
-        self.unnamed_here = false;
+        if name.is_empty() {
+            self.unnamed = Some(super::Unnamed {
+                parse: frame.clone(),
+                changes,
+            });
+            self.unnamed_here = false;
+        } else {
+            // Duplicates and the limit are the usual path's to report.
+            if self.statements.contains(name)
+                || self.statements.len() >= limits::CLIENT_PREPARED_MAX
+            {
+                return false;
+            }
+            let statement = Statement::new(query, types, changes);
+            self.statements.insert(name, Arc::new(statement));
+        }
         self.pipeline
             .push(Expect::Synthetic(Bytes::from_static(super::PARSE_COMPLETE)));
         self.pipeline.unsynced = true;
@@ -210,7 +281,7 @@ impl Session {
         let default = Target::Backend(map.default_backend);
         let autocommit = tag == b'Q' && self.deferred_begin.is_none();
         match self.decision(tag, frame, map) {
-            None | Some(Decision::Default | Decision::Session) => default,
+            None | Some(Decision::Any | Decision::Default | Decision::Session) => default,
             Some(Decision::One(backend)) => Target::Backend(backend),
             Some(Decision::Begin) if autocommit => Target::DeferBegin,
             Some(Decision::Begin) => default,
@@ -218,28 +289,6 @@ impl Session {
             Some(Decision::Maintenance) if autocommit => Target::Maintenance,
             Some(Decision::Error(why)) => Target::Refuse(ClientError::Unsupported(why)),
             Some(other) => Target::Refuse(ClientError::Unsupported(needs_several(&other))),
-        }
-    }
-
-    /// Inside a transaction on `backend`: whether the statement may run there.
-    pub(super) fn check_in_transaction(
-        &self,
-        tag: u8,
-        frame: &[u8],
-        backend: BackendId,
-        map: &ShardMap,
-    ) -> Result<(), String> {
-        match self.decision(tag, frame, map) {
-            None | Some(Decision::Default | Decision::Session | Decision::Begin) => Ok(()),
-            Some(Decision::One(b)) if b == backend => Ok(()),
-            Some(Decision::One(b)) => Err(format!(
-                "this transaction runs on backend \"{}\"; a statement for backend \"{}\" \
-                 in the same transaction needs a distributed transaction, which pgshard \
-                 does not support yet",
-                map.backends[backend].name, map.backends[b].name
-            )),
-            Some(Decision::Error(why)) => Err(why),
-            Some(other) => Err(needs_several(&other)),
         }
     }
 
@@ -300,16 +349,50 @@ impl Session {
     }
 }
 
-/// A statement that makes the server raise `message` (SQLSTATE 0A000), so that the
-/// server's transaction fails the way the client is told it did.
-pub(super) fn raise_query(message: &str) -> Bytes {
-    let sql = format!(
-        "DO $pgshard$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{}'; END$pgshard$",
-        message.replace('\'', "''").replace("$pgshard$", "")
+/// SQL that makes the server raise `message` (SQLSTATE 0A000), so that the server's
+/// transaction fails the way the client is told it did. The body is an ordinary
+/// string literal (quotes doubled twice over), never a dollar-quoted one that the
+/// message could close.
+fn raise_sql(message: &str) -> String {
+    let inner = format!(
+        "BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{}'; END",
+        message.replace('\'', "''")
     );
+    format!("DO '{}'", inner.replace('\'', "''"))
+}
+
+/// A Query running `raise_sql`.
+pub(super) fn raise_query(message: &str) -> Bytes {
     let mut out = BytesMut::new();
-    messages::query(&mut out, &sql);
+    messages::query(&mut out, &raise_sql(message));
     out.freeze()
+}
+
+/// Parse (unnamed), Bind (unnamed portal) and Execute running `raise_sql`.
+pub(super) fn raise_messages(message: &str) -> (Bytes, Bytes, Bytes) {
+    let mut parse = BytesMut::new();
+    let at = messages::begin(&mut parse, b'P');
+    parse.extend_from_slice(b"\0");
+    messages::put_cstr(&mut parse, raise_sql(message).as_bytes());
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    messages::finish(&mut parse, at);
+    let mut bind = BytesMut::new();
+    let at = messages::begin(&mut bind, b'B');
+    bind.extend_from_slice(b"\0\0");
+    for _ in 0..3 {
+        bind.extend_from_slice(&0i16.to_be_bytes());
+    }
+    messages::finish(&mut bind, at);
+    let mut execute = BytesMut::new();
+    let at = messages::begin(&mut execute, b'E');
+    execute.extend_from_slice(b"\0");
+    execute.extend_from_slice(&0i32.to_be_bytes());
+    messages::finish(&mut execute, at);
+    (parse.freeze(), bind.freeze(), execute.freeze())
+}
+
+fn unreachable_reason() -> String {
+    "pgshard could not route this statement".into()
 }
 
 /// Why a decision that needs several backends cannot run (yet).

@@ -162,21 +162,36 @@ impl Session {
     }
 
     /// With routing by key, the backend a self-contained request belongs on; `None`
-    /// when it is not one backend's (it then takes the usual path).
+    /// when it is not one backend's (it then takes the usual path). Each Bind is
+    /// decided with the Parse before it; all must agree.
     fn shared_backend(&self, batch: &Batch, map: &ShardMap) -> Option<BackendId> {
         let frames = &self.conn.rbuf[..batch.len];
-        let decision = if frames.first() == Some(&b'Q') {
-            self.decision(b'Q', frames, map)
-        } else {
-            let unnamed = batch.unnamed.map(|(from, to)| &frames[from..to]);
-            let (_, bind) = frames_of(frames).find(|(info, _)| info.tag == b'B')?;
-            self.bind_decision(bind, unnamed, map)
-        };
-        match decision {
-            None | Some(Decision::Default) => Some(map.default_backend),
-            Some(Decision::One(id)) => Some(id),
-            _ => None,
+        let mut target = None;
+        let mut unnamed: Option<&[u8]> = None;
+        let mut at = 0;
+        for (info, payload) in frames_of(frames) {
+            let frame = &frames[at..at + info.len];
+            at += info.len;
+            let decision = match info.tag {
+                b'Q' => self.decision(b'Q', frame, map),
+                b'P' => {
+                    unnamed = Some(frame);
+                    continue;
+                }
+                b'B' => self.bind_decision(payload, unnamed, map),
+                _ => continue,
+            };
+            let backend = match decision {
+                None | Some(Decision::Any) => continue,
+                Some(Decision::Default) => map.default_backend,
+                Some(Decision::One(id)) => id,
+                _ => return None,
+            };
+            if *target.get_or_insert(backend) != backend {
+                return None;
+            }
         }
+        Some(target.unwrap_or(map.default_backend))
     }
 
     /// The unnamed statement only when the batch parses it itself.

@@ -36,8 +36,10 @@ pub enum Source {
 /// What a statement needs from the backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
-    /// Touches no sharded table (catalog queries, unknown tables, reads of reference
-    /// tables): the default backend.
+    /// Touches no user table, or reads reference tables only: any backend has the
+    /// same (catalog queries, `SELECT now()`); alone it goes to the default backend.
+    Any,
+    /// Touches a table the map does not know: the default backend, which holds it.
     Default,
     /// Every backend, in one distributed transaction: DDL, maintenance, writes to
     /// reference tables, writes to a sharded table without a key.
@@ -96,7 +98,7 @@ pub fn plan(normalized: &str, original: &str, map: &ShardMap) -> (Plan, bool) {
 
 fn plan_statements(statements: &[Statement], map: &ShardMap) -> Plan {
     match statements {
-        [] => Plan::Session,
+        [] => Plan::Any,
         [one] => plan_statement(one, map),
         _ => {
             let plans: Vec<Plan> = statements.iter().map(|s| plan_statement(s, map)).collect();
@@ -128,7 +130,7 @@ fn plan_statement(statement: &Statement, map: &ShardMap) -> Plan {
             source, to, target, ..
         } => plan_copy(source, *to, target, &tables),
         Statement::Explain { statement, .. } => match plan_statement(statement, map) {
-            plan @ (Plan::Default | Plan::Keyed { .. }) => plan,
+            plan @ (Plan::Any | Plan::Default | Plan::Keyed { .. }) => plan,
             _ => Plan::Unsupported("EXPLAIN of a statement that spans backends".into()),
         },
         Statement::StartTransaction { .. } => Plan::Begin,
@@ -163,6 +165,8 @@ struct Tables<'m> {
     map: &'m ShardMap,
     sharded: BTreeSet<String>,
     reference: bool,
+    /// A user table the map does not list (it lives on the default backend).
+    unmapped: bool,
 }
 
 impl<'m> Tables<'m> {
@@ -171,17 +175,29 @@ impl<'m> Tables<'m> {
             map,
             sharded: BTreeSet::new(),
             reference: false,
+            unmapped: false,
         };
-        let _ = visit_relations(statement, |name| {
-            let name = table_name(name);
+        let _ = visit_relations(statement, |object| {
+            let name = table_name(object);
             if map.tables.contains_key(&name) {
                 tables.sharded.insert(name);
             } else if map.reference_tables.contains(&name) {
                 tables.reference = true;
+            } else if !is_catalog(object, &name) {
+                tables.unmapped = true;
             }
             ControlFlow::<()>::Continue(())
         });
         tables
+    }
+
+    /// Where a statement touching no sharded table goes.
+    fn unsharded(&self) -> Plan {
+        if self.unmapped {
+            Plan::Default
+        } else {
+            Plan::Any
+        }
     }
 
     /// The one sharded table, or why there is not exactly one.
@@ -201,7 +217,8 @@ impl<'m> Tables<'m> {
 fn plan_query(query: &Query, tables: &Tables) -> Plan {
     let table = match tables.single() {
         Ok(Some(t)) => t.to_owned(),
-        Ok(None) => return Plan::Default,
+        Ok(None) if has_dml(query) && tables.reference => return Plan::All,
+        Ok(None) => return tables.unsharded(),
         Err(plan) => return plan,
     };
     let write = has_dml(query);
@@ -283,7 +300,7 @@ fn plan_write(tables: &Tables, from: &[TableWithJoins], selection: Option<&Expr>
     let table = match tables.single() {
         Ok(Some(t)) => t.to_owned(),
         Ok(None) if tables.reference => return Plan::All,
-        Ok(None) => return Plan::Default,
+        Ok(None) => return tables.unsharded(),
         Err(plan) => return plan,
     };
     let key = &tables.map.tables[&table].key;
@@ -310,16 +327,20 @@ fn plan_copy(
     else {
         // COPY (query) TO ...
         return match tables.single() {
-            Ok(None) => Plan::Default,
+            Ok(None) => tables.unsharded(),
             _ => Plan::Unsupported("COPY (query) on a sharded table".into()),
         };
     };
     let name = table_name(copied);
     if !tables.map.tables.contains_key(&name) {
         if tables.map.reference_tables.contains(&name) && !to {
-            return Plan::All;
+            return Plan::Unsupported(format!("COPY into reference table \"{name}\" (use INSERT)"));
         }
-        return Plan::Default;
+        return if is_catalog(copied, &name) {
+            Plan::Any
+        } else {
+            Plan::Default
+        };
     }
     let stdio = matches!(
         target,
@@ -476,6 +497,22 @@ fn table_name(name: &ObjectName) -> String {
         .and_then(ObjectNamePart::as_ident)
         .map(ident_name)
         .unwrap_or_default()
+}
+
+/// PostgreSQL's own tables and views (they are alike on every backend).
+fn is_catalog(object: &ObjectName, name: &str) -> bool {
+    let schema = object
+        .0
+        .iter()
+        .rev()
+        .nth(1)
+        .and_then(ObjectNamePart::as_ident)
+        .map(ident_name);
+    match schema.as_deref() {
+        Some("pg_catalog" | "information_schema") => true,
+        Some(_) => false,
+        None => name.starts_with("pg_"),
+    }
 }
 
 fn ident_name(ident: &Ident) -> String {
