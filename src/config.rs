@@ -70,8 +70,8 @@ struct RawConfig {
     pool_mode: PoolMode,
     #[serde(default = "default_pool_size")]
     pool_size: usize,
-    #[serde(default = "default_pipeline_connections")]
-    pipeline_connections: usize,
+    #[serde(default)]
+    pipeline_connections: Option<usize>,
     #[serde(default = "default_pipeline_depth")]
     pipeline_depth: usize,
     #[serde(default = "default_checkout_timeout_ms")]
@@ -87,9 +87,6 @@ fn default_database() -> String {
 }
 fn default_pool_size() -> usize {
     limits::POOL_SIZE_DEFAULT
-}
-fn default_pipeline_connections() -> usize {
-    limits::PIPELINE_CONNECTIONS_DEFAULT
 }
 fn default_pipeline_depth() -> usize {
     limits::PIPELINE_DEPTH_DEFAULT
@@ -115,8 +112,9 @@ pub struct Config {
     pub pool_mode: PoolMode,
     pub pool_size: usize,
     /// Shared server connections per backend for self-contained requests (0: none;
-    /// at most half of `pool_size` is used).
-    pub pipeline_connections: usize,
+    /// at most half of `pool_size` is used). `None`: chosen from the CPUs and the
+    /// backends (`shared_per_backend`).
+    pub pipeline_connections: Option<usize>,
     /// Requests in flight at once on one shared server connection.
     pub pipeline_depth: usize,
     pub checkout_timeout: Duration,
@@ -185,6 +183,19 @@ impl Config {
             checkout_timeout: Duration::from_millis(raw.checkout_timeout_ms),
             startup_timeout: Duration::from_millis(raw.startup_timeout_ms),
             users: raw.users,
+        })
+    }
+
+    /// Shared connections per backend: as configured, or about one per CPU over
+    /// all backends together (at least one each). More would spread the requests
+    /// thinner and batch fewer per PostgreSQL wakeup.
+    pub fn shared_per_backend(&self, backends: usize) -> usize {
+        static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        self.pipeline_connections.unwrap_or_else(|| {
+            // Asked once: the answer costs system calls (cgroup files, affinity).
+            let cpus =
+                *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            (cpus / backends.max(1)).clamp(1, limits::PIPELINE_CONNECTIONS_DEFAULT)
         })
     }
 
@@ -296,5 +307,18 @@ mod tests {
         assert_eq!(config.shard_map, Path::new("/etc/pgshard/map.toml"));
         assert_eq!(config.pool_mode, PoolMode::Transaction);
         assert_eq!(config.database, "postgres");
+    }
+
+    #[test]
+    fn shared_connections_per_backend() {
+        let user = "[[users]]\nname = \"a\"\npassword = \"b\"\n";
+        let path = Path::new("/etc/pgshard.toml");
+        let auto = Config::parse(&format!("{BASE}{user}"), path).unwrap();
+        assert!((1..=2).contains(&auto.shared_per_backend(1)));
+        assert_eq!(auto.shared_per_backend(16), 1);
+        let set = Config::parse(&format!("{BASE}pipeline_connections = 3\n{user}"), path).unwrap();
+        assert_eq!(set.shared_per_backend(16), 3);
+        let off = Config::parse(&format!("{BASE}pipeline_connections = 0\n{user}"), path).unwrap();
+        assert_eq!(off.shared_per_backend(1), 0);
     }
 }

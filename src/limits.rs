@@ -37,7 +37,7 @@ pub const BUFFER_BYTES_INITIAL: usize = 16 * 1024;
 pub const SERVER_READ_AHEAD_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Buffered bytes per direction before the proxy writes out (bounds memory per client).
 pub const BUFFER_BYTES_FLUSH: usize = 256 * 1024;
-/// Default shared (pipelined) server connections per backend server.
+/// Most shared (pipelined) server connections per backend chosen automatically.
 pub const PIPELINE_CONNECTIONS_DEFAULT: usize = 2;
 /// Default requests in flight at once on one shared server connection.
 pub const PIPELINE_DEPTH_DEFAULT: usize = 8;

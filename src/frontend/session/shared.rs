@@ -36,16 +36,21 @@ impl Session {
     /// shared connection. `Ok(false)`: nothing was taken from the buffer.
     pub(super) async fn try_shared(&mut self) -> Result<bool, ConnError> {
         let config = &self.app.config;
-        let (max, depth) = (config.pipeline_connections, config.pipeline_depth);
-        if max == 0 || config.pool_mode != PoolMode::Transaction || !self.may_share() {
+        let depth = config.pipeline_depth;
+        if config.pipeline_connections == Some(0)
+            || config.pool_mode != PoolMode::Transaction
+            || !self.may_share()
+        {
             return Ok(false);
         }
         let Some(batch) = self.shareable_batch() else {
             return Ok(false);
         };
+        let max;
         let pool = {
             let topology = self.app.topology.load();
             let map = &topology.map;
+            max = config.shared_per_backend(map.backends.len());
             let id = if map.backends.len() > 1 {
                 match self.shared_backend(&batch, map) {
                     Some(id) => id,
