@@ -10,12 +10,20 @@
 # demo's pgshard does; clients reach every target over TCP. Everything it starts is
 # stopped at exit. See benches/README.md.
 #
+# With SHARDS=N (default 4; 0 skips it) a fifth target, `sharded`, is a second
+# `pgshard demo --backends N`. Its backends are each loaded with `pgbench -i`
+# directly (every backend holds every row; the proxy sends each key to the backend
+# its vshard maps to, which is what is measured). pgbench's built-in -S first counts
+# pgbench_branches, a scatter read pgshard does not run yet, so this target runs the
+# same SELECT from a script file (-f) instead of -S.
+#
 # Environment (defaults in brackets):
 #   DURATION [10]  seconds per pgbench run      ROUNDS [3]   rounds per mode
 #   CLIENTS [16]   pgbench -c                   THREADS [2]  pgbench -j
 #   SCALE [2]      pgbench -i -s                POOL_SIZE [20] pgshard and PgBouncer pool
-#   PROXY_PORT [6510], OWN_PORT [6512], BOUNCER_PORT [6511]: first port tried; the
-#                  next free one is used
+#   PROXY_PORT [6510], OWN_PORT [6512], BOUNCER_PORT [6511], SHARD_PORT [6513]:
+#                  first port tried; the next free one is used
+#   SHARDS [4]     backends of the sharded target (0: no sharded target)
 #   PG_BIN [/usr/lib/postgresql/15/bin]     LOG_DIR: keep every run's output there
 #   SKIP_BUILD=1: use the existing target/release/pgshard
 set -euo pipefail
@@ -39,7 +47,9 @@ DB_PASSWORD=pgshard
 DB_NAME=postgres
 READY_LINE="pgshard demo is ready"
 MODES=("-S" "-M prepared -S")
+SHARDS=${SHARDS:-4}
 TARGETS=(direct pgshard pgshard-own pgbouncer)
+((SHARDS > 0)) && TARGETS+=(sharded)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PGSHARD=$ROOT/target/release/pgshard
@@ -49,6 +59,7 @@ export PGPASSWORD=$DB_PASSWORD PGCONNECT_TIMEOUT=10
 WORK=""
 DEMO_PID=""
 OWN_PID=""
+SHARD_PID=""
 BOUNCER_PID=""
 RUN_TPS=0
 FAILURES=()
@@ -78,6 +89,11 @@ cleanup() {
         kill -TERM "$BOUNCER_PID"
         wait_gone "$BOUNCER_PID" "$STOP_WAIT" || kill -KILL "$BOUNCER_PID"
     fi
+    if [[ -n $SHARD_PID ]] && kill -0 "$SHARD_PID" 2>/dev/null; then
+        kill -TERM "$SHARD_PID"
+        wait_gone "$SHARD_PID" "$STOP_WAIT" || kill -KILL "$SHARD_PID"
+        wait "$SHARD_PID" 2>/dev/null
+    fi
     if [[ -n $OWN_PID ]] && kill -0 "$OWN_PID" 2>/dev/null; then
         kill -TERM "$OWN_PID"
         wait_gone "$OWN_PID" "$STOP_WAIT" || kill -KILL "$OWN_PID"
@@ -94,7 +110,7 @@ cleanup() {
     # Clusters left behind by a demo that died or was killed.
     if [[ -n $WORK ]]; then
         local pidfile
-        for pidfile in "$WORK"/demo/*/postmaster.pid; do
+        for pidfile in "$WORK"/demo/*/postmaster.pid "$WORK"/sharded/*/postmaster.pid; do
             [[ -e $pidfile ]] || continue
             log "stopping leftover cluster $(dirname "$pidfile")"
             runuser -u "$PG_OS_USER" -- "$PG_BIN/pg_ctl" -D "$(dirname "$pidfile")" \
@@ -163,6 +179,32 @@ start_demo() {
     log "backend PostgreSQL on 127.0.0.1:$BACKEND_PORT and $BACKEND_SOCKET_DIR"
 }
 
+# A demo with SHARDS backends, each loaded with the pgbench tables directly.
+start_sharded() {
+    log "starting pgshard demo --backends $SHARDS on 127.0.0.1:$SHARD_PORT"
+    NO_COLOR=1 "$PGSHARD" demo --backends "$SHARDS" --port "$SHARD_PORT" --http-port 0 \
+        --pool-size "$POOL_SIZE" --dir "$WORK/sharded" >"$WORK/sharded.log" 2>&1 &
+    SHARD_PID=$!
+    local i port
+    for ((i = 0; i < READY_WAIT; i++)); do
+        grep -qF "$READY_LINE" "$WORK/sharded.log" && break
+        kill -0 "$SHARD_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    grep -qF "$READY_LINE" "$WORK/sharded.log" || {
+        cat "$WORK/sharded.log" >&2
+        die "sharded pgshard demo did not start"
+    }
+    for port in $(sed -n 's|^primary = "postgresql://[^@]*@127\.0\.0\.1:\([0-9]*\)/.*|\1|p' \
+        "$WORK/sharded/shardmap.toml"); do
+        "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$port" -U "$DB_USER" "$DB_NAME" \
+            >>"$WORK/init.log" 2>&1 || { cat "$WORK/init.log" >&2; die "pgbench -i on $port failed"; }
+    done
+    # pgbench's -S, as a script.
+    printf '\\set aid random(1, %d)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n' \
+        $((100000 * SCALE)) >"$WORK/select.sql"
+}
+
 # The same proxy over the same cluster, with no shared connections (PgBouncer's model).
 start_own() {
     local config=$WORK/demo/own.toml
@@ -227,6 +269,7 @@ port_of() {
     direct) echo "$BACKEND_PORT" ;;
     pgshard) echo "$PROXY_PORT" ;;
     pgshard-own) echo "$OWN_PORT" ;;
+    sharded) echo "$SHARD_PORT" ;;
     pgbouncer) echo "$BOUNCER_PORT" ;;
     esac
 }
@@ -236,6 +279,15 @@ run_pgbench() {
     local mode=$1 target=$2 round=$3 out rc=0 tps failed
     local -a args
     read -r -a args <<<"$mode"
+    if [[ $target == sharded ]]; then
+        # -S -> the same SELECT from a script (see the top of this file).
+        local -a scripted=()
+        local a
+        for a in "${args[@]}"; do
+            if [[ $a == -S ]]; then scripted+=(-f "$WORK/select.sql"); else scripted+=("$a"); fi
+        done
+        args=("${scripted[@]}")
+    fi
     out=$WORK/runs/$(tr -c 'a-zA-Z0-9\n' _ <<<"$mode")-$target-$round.log
     timeout $((DURATION + RUN_GRACE_S)) "$PGBENCH" -h 127.0.0.1 -p "$(port_of "$target")" \
         -U "$DB_USER" -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -n "${args[@]}" "$DB_NAME" \
@@ -269,8 +321,12 @@ report() {
     echo "pgbench -c $CLIENTS -j $THREADS -T $DURATION, scale $SCALE, $ROUNDS round(s), pool size" \
         "$POOL_SIZE, pgshard $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')," \
         "$(nproc) CPUs"
-    printf '%-16s %9s %9s %11s %9s %8s %8s %8s %8s\n' mode direct pgshard pgshard-own \
-        pgbouncer sh/dir own/dir pgb/dir sh/pgb
+    local -a ratios=(sh/dir own/dir pgb/dir sh/pgb)
+    ((SHARDS > 0)) && ratios+=(shard/sh)
+    line=$(printf '%-16s' mode)
+    for target in "${TARGETS[@]}"; do line+=$(printf ' %11s' "$target"); done
+    for target in "${ratios[@]}"; do line+=$(printf ' %8s' "$target"); done
+    echo "$line"
     for mode in "${MODES[@]}"; do
         line=$(printf '%-16s' "$mode")
         for target in "${TARGETS[@]}"; do
@@ -278,17 +334,17 @@ report() {
             local cell
             cell=$(printf '%.0f' "${med[$target]}")
             [[ -n ${FAILED[$mode,$target]:-} ]] && cell="$cell(${FAILED[$mode,$target]}F)"
-            local width=9
-            [[ $target == pgshard-own ]] && width=11
-            line+=$(printf ' %*s' "$width" "$cell")
+            line+=$(printf ' %11s' "$cell")
         done
         line+=$(printf ' %8s %8s %8s %8s' "$(ratio "${med[pgshard]}" "${med[direct]}")" \
             "$(ratio "${med[pgshard-own]}" "${med[direct]}")" \
             "$(ratio "${med[pgbouncer]}" "${med[direct]}")" \
             "$(ratio "${med[pgshard]}" "${med[pgbouncer]}")")
+        ((SHARDS > 0)) && line+=$(printf ' %8s' "$(ratio "${med[sharded]}" "${med[pgshard]}")")
         echo "$line"
     done
-    echo "sh = pgshard, own = pgshard-own (no shared connections), pgb = PgBouncer, dir = direct"
+    echo "sh = pgshard, own = pgshard-own (no shared connections), pgb = PgBouncer, dir = direct," \
+        "shard = sharded (pgshard over $SHARDS backends)"
     echo "median tps over rounds (a failed run counts as 0; (nF): n runs failed); every run:"
     for mode in "${MODES[@]}"; do
         for target in "${TARGETS[@]}"; do
@@ -328,9 +384,14 @@ main() {
     while port_in_use "$OWN_PORT" || [[ $OWN_PORT == "$PROXY_PORT" || $OWN_PORT == "$BOUNCER_PORT" ]]; do
         OWN_PORT=$((OWN_PORT + 1))
     done
+    SHARD_PORT=${SHARD_PORT:-6513}
+    while port_in_use "$SHARD_PORT" || [[ " $PROXY_PORT $BOUNCER_PORT $OWN_PORT " == *" $SHARD_PORT "* ]]; do
+        SHARD_PORT=$((SHARD_PORT + 1))
+    done
     start_demo
     start_own
     start_pgbouncer
+    ((SHARDS > 0)) && start_sharded
 
     log "pgbench -i -s $SCALE on the backend"
     "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$BACKEND_PORT" -U "$DB_USER" "$DB_NAME" \
@@ -341,7 +402,11 @@ main() {
         for ((round = 1; round <= ROUNDS; round++)); do
             local -a order=("${TARGETS[@]}")
             # Odd rounds A B C, even rounds C B A: drift hits every target alike.
-            ((round % 2 == 0)) && order=(pgbouncer pgshard-own pgshard direct)
+            if ((round % 2 == 0)); then
+                local i
+                order=()
+                for ((i = ${#TARGETS[@]} - 1; i >= 0; i--)); do order+=("${TARGETS[i]}"); done
+            fi
             for target in "${order[@]}"; do
                 run_pgbench "$mode" "$target" "$round"
                 log "  [$mode] round $round $target: $RUN_TPS tps"
@@ -354,6 +419,7 @@ main() {
         mkdir -p "$LOG_DIR"
         cp -r "$WORK/runs" "$WORK/init.log" "$WORK/demo.log" "$WORK/own.log" \
             "$WORK/bouncer/pgbouncer.log" "$LOG_DIR/"
+        [[ -f $WORK/sharded.log ]] && cp "$WORK/sharded.log" "$LOG_DIR/"
         log "logs kept in $LOG_DIR"
     fi
 }
