@@ -10,7 +10,7 @@
 # demo's pgshard does; clients reach every target over TCP. Everything it starts is
 # stopped at exit. See benches/README.md.
 #
-# With SHARDS=N (default 4; 0 skips it) a fifth target, `sharded`, is a second
+# With SHARDS=N (default 0: none; issue 3 uses 4) a fifth target, `sharded`, is a second
 # `pgshard demo --backends N`. Its backends are each loaded with `pgbench -i`
 # directly (every backend holds every row; the proxy sends each key to the backend
 # its vshard maps to, which is what is measured). pgbench's built-in -S first counts
@@ -23,7 +23,7 @@
 #   SCALE [2]      pgbench -i -s                POOL_SIZE [20] pgshard and PgBouncer pool
 #   PROXY_PORT [6510], OWN_PORT [6512], BOUNCER_PORT [6511], SHARD_PORT [6513]:
 #                  first port tried; the next free one is used
-#   SHARDS [4]     backends of the sharded target (0: no sharded target)
+#   SHARDS [0]     backends of the sharded target (0: no sharded target)
 #   PG_BIN [/usr/lib/postgresql/15/bin]     LOG_DIR: keep every run's output there
 #   SKIP_BUILD=1: use the existing target/release/pgshard
 set -euo pipefail
@@ -47,7 +47,7 @@ DB_PASSWORD=pgshard
 DB_NAME=postgres
 READY_LINE="pgshard demo is ready"
 MODES=("-S" "-M prepared -S")
-SHARDS=${SHARDS:-4}
+SHARDS=${SHARDS:-0}
 TARGETS=(direct pgshard pgshard-own pgbouncer)
 ((SHARDS > 0)) && TARGETS+=(sharded)
 
