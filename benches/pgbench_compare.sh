@@ -343,8 +343,8 @@ report() {
         ((SHARDS > 0)) && line+=$(printf ' %8s' "$(ratio "${med[sharded]}" "${med[pgshard]}")")
         echo "$line"
     done
-    echo "sh = pgshard, own = pgshard-own (no shared connections), pgb = PgBouncer, dir = direct," \
-        "shard = sharded (pgshard over $SHARDS backends)"
+    echo "sh = pgshard, own = pgshard-own (no shared connections), pgb = PgBouncer, dir = direct"
+    ((SHARDS > 0)) && echo "shard = sharded (pgshard over $SHARDS backends)"
     echo "median tps over rounds (a failed run counts as 0; (nF): n runs failed); every run:"
     for mode in "${MODES[@]}"; do
         for target in "${TARGETS[@]}"; do
