@@ -40,6 +40,10 @@ impl Stats {
             "Requests pipelined on a shared server connection"
         );
         metrics::describe_counter!(
+            "pgshard_unrouted_statements_total",
+            "Statements not routed by one key (run on every backend, or refused), by kind"
+        );
+        metrics::describe_counter!(
             "pgshard_backend_errors_total",
             "Backend errors by backend and kind"
         );

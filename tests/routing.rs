@@ -591,3 +591,34 @@ async fn fanout_returns_every_row_and_needs_one_connection_per_pool() {
         .unwrap();
     assert_eq!(updated, ROWS as u64);
 }
+
+#[tokio::test]
+async fn set_pgshard_key_routes_the_session_and_unrouted_statements_are_counted() {
+    let _turn = SERIAL.lock().await;
+    let map = map();
+    let proxy = common::proxy_client(cluster()).await;
+    accounts(&proxy).await;
+    let count = "SELECT count(*)::int FROM pgbench_accounts";
+    // Without a key this is a scatter read, refused for now (and counted).
+    let err = proxy.query_one(count, &[]).await.unwrap_err();
+    assert_eq!(code(&err), Some("0A000"));
+    let metrics = common::http_get(cluster().http, "/metrics").await;
+    assert!(
+        metrics.contains("pgshard_unrouted_statements_total{kind=\"refused_multi\"}"),
+        "{metrics}"
+    );
+    // With the session's key, it runs on that key's backend and counts its rows.
+    let key = 7;
+    proxy
+        .batch_execute(&format!("SET pgshard.key = {key}"))
+        .await
+        .unwrap();
+    let here: i32 = proxy.query_one(count, &[]).await.unwrap().get(0);
+    let backend = backend_of(&map, key);
+    let direct = common::backend_client(cluster(), backend).await;
+    let want: i32 = direct.query_one(count, &[]).await.unwrap().get(0);
+    assert_eq!(here, want);
+    assert!(here < ROWS, "the count came from one backend only");
+    proxy.batch_execute("RESET pgshard.key").await.unwrap();
+    assert!(proxy.query_one(count, &[]).await.is_err());
+}

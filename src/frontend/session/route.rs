@@ -21,7 +21,12 @@ use crate::frontend::statements::Statement;
 use crate::limits;
 use crate::protocol::messages;
 use crate::router::decide::{decide, Decision, Param};
+use crate::router::sql::Analyzed;
 use crate::router::{BackendId, ShardMap};
+
+/// The setting that routes a session's statements by a key of the client's choice
+/// (`SET pgshard.key = 42`; `RESET pgshard.key` ends it).
+const SESSION_KEY: &str = "pgshard.key";
 
 /// Whether a message may go to the attached server.
 pub(super) enum Attached {
@@ -240,12 +245,28 @@ impl Session {
         match tag {
             b'Q' => {
                 let sql = std::str::from_utf8(payload.strip_suffix(b"\0")?).ok()?;
-                let analyzed = self.app.plans.analyze(sql, map).ok()?;
+                let analyzed = self.analyze(sql, map)?;
                 Some(decide(&analyzed, &[], map))
             }
             b'B' => self.bind_decision(payload, None, map),
             _ => None,
         }
+    }
+
+    /// The statement's analysis, with the session's `SET pgshard.key` as its key
+    /// unless the statement names one in a comment.
+    fn analyze(&self, sql: &str, map: &ShardMap) -> Option<Analyzed> {
+        let mut analyzed = self.app.plans.analyze(sql, map).ok()?;
+        if analyzed.key_hint.is_none() {
+            analyzed.key_hint = self.params.get(SESSION_KEY).map(|v| {
+                let v = v.trim();
+                v.strip_prefix('\'')
+                    .and_then(|v| v.strip_suffix('\''))
+                    .unwrap_or(v)
+                    .replace("''", "'")
+            });
+        }
+        Some(analyzed)
     }
 
     /// A Bind's decision (`payload` without the header). Its statement is the
@@ -268,7 +289,7 @@ impl Session {
         };
         let (_, query, _) = messages::parse_message(parse.get(5..)?)?;
         let sql = std::str::from_utf8(query).ok()?;
-        let analyzed = self.app.plans.analyze(sql, map).ok()?;
+        let analyzed = self.analyze(sql, map)?;
         let params: Vec<Param> = messages::bind_params(payload, rest_at)?
             .into_iter()
             .map(|(format, value)| Param { format, value })
@@ -280,7 +301,11 @@ impl Session {
     pub(super) fn route_first(&self, tag: u8, frame: &[u8], map: &ShardMap) -> Target {
         let default = Target::Backend(map.default_backend);
         let autocommit = tag == b'Q' && self.deferred_begin.is_none();
-        match self.decision(tag, frame, map) {
+        let decision = self.decision(tag, frame, map);
+        if let Some(kind) = decision.as_ref().and_then(unrouted_kind) {
+            metrics::counter!("pgshard_unrouted_statements_total", "kind" => kind).increment(1);
+        }
+        match decision {
             None | Some(Decision::Any | Decision::Default | Decision::Session) => default,
             Some(Decision::One(backend)) => Target::Backend(backend),
             Some(Decision::Begin) if autocommit => Target::DeferBegin,
@@ -393,6 +418,18 @@ pub(super) fn raise_messages(message: &str) -> (Bytes, Bytes, Bytes) {
 
 fn unreachable_reason() -> String {
     "pgshard could not route this statement".into()
+}
+
+/// For statements on sharded tables that are not routed by one key: what happens to
+/// them (the `kind` label of `pgshard_unrouted_statements_total`).
+fn unrouted_kind(decision: &Decision) -> Option<&'static str> {
+    match decision {
+        Decision::All | Decision::Maintenance => Some("all_backends"),
+        Decision::Scatter | Decision::Many(_) | Decision::Split(_) => Some("refused_multi"),
+        Decision::CopyIn | Decision::CopyOut => Some("refused_copy"),
+        Decision::Error(_) => Some("refused"),
+        _ => None,
+    }
 }
 
 /// Why a decision that needs several backends cannot run (yet).
