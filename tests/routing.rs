@@ -276,7 +276,6 @@ async fn statements_that_need_merging_are_refused_clearly() {
     for sql in [
         "SELECT count(*) FROM pgbench_accounts",
         "SELECT * FROM pgbench_accounts WHERE aid IN (1, 2, 3, 4, 5, 6, 7, 8)",
-        "INSERT INTO pgbench_accounts (aid, bid, abalance) VALUES (1001, 1, 0), (1002, 1, 0), (1003, 1, 0), (1004, 1, 0), (1005, 1, 0)",
     ] {
         let err = proxy.simple_query(sql).await.unwrap_err();
         assert_eq!(code(&err), Some("0A000"), "{sql}: {err}");
@@ -604,7 +603,7 @@ async fn set_pgshard_key_routes_the_session_and_unrouted_statements_are_counted(
     assert_eq!(code(&err), Some("0A000"));
     let metrics = common::http_get(cluster().http, "/metrics").await;
     assert!(
-        metrics.contains("pgshard_unrouted_statements_total{kind=\"refused_multi\"}"),
+        metrics.contains("pgshard_unrouted_statements_total{kind=\"several_backends\"}"),
         "{metrics}"
     );
     // With the session's key, it runs on that key's backend and counts its rows.
@@ -621,4 +620,69 @@ async fn set_pgshard_key_routes_the_session_and_unrouted_statements_are_counted(
     assert!(here < ROWS, "the count came from one backend only");
     proxy.batch_execute("RESET pgshard.key").await.unwrap();
     assert!(proxy.query_one(count, &[]).await.is_err());
+}
+
+#[tokio::test]
+async fn multi_row_inserts_split_and_keyed_writes_span_backends_atomically() {
+    let _turn = SERIAL.lock().await;
+    let map = map();
+    let proxy = common::proxy_client(cluster()).await;
+    accounts(&proxy).await;
+    let aids: Vec<i32> = (1001..=1040).collect();
+    let rows: Vec<String> = aids
+        .iter()
+        .map(|a| format!("({a}, 1, 0, 'it''s')"))
+        .collect();
+    let sql = format!(
+        "INSERT INTO pgbench_accounts (aid, bid, abalance, filler) VALUES {}",
+        rows.join(", ")
+    );
+    // A simple Query (the values written out); row counts summed over the backends.
+    let replies = proxy.simple_query(&sql).await.unwrap();
+    let inserted = replies.iter().find_map(|m| match m {
+        SimpleQueryMessage::CommandComplete(n) => Some(*n),
+        _ => None,
+    });
+    assert_eq!(inserted, Some(aids.len() as u64));
+    for &aid in &aids {
+        assert_eq!(
+            balance_direct(backend_of(&map, aid), aid).await,
+            Some(0),
+            "aid {aid}"
+        );
+    }
+    // A duplicate in one backend's share fails the whole statement everywhere.
+    let again = format!(
+        "INSERT INTO pgbench_accounts (aid, bid, abalance) VALUES (2001, 1, 0), (2002, 1, 0), \
+         (2003, 1, 0), (2004, 1, 0), ({}, 1, 0)",
+        aids[0]
+    );
+    let err = proxy.batch_execute(&again).await.unwrap_err();
+    assert_eq!(code(&err), Some("23505"), "{err}");
+    for aid in 2001..=2004 {
+        assert_eq!(
+            balance_direct(backend_of(&map, aid), aid).await,
+            None,
+            "aid {aid}"
+        );
+    }
+    // A keyed write whose keys live on several backends.
+    let replies = proxy
+        .simple_query(
+            "DELETE FROM pgbench_accounts WHERE aid IN (1001, 1002, 1003, 1004, 1005, 1006)",
+        )
+        .await
+        .unwrap();
+    let deleted = replies.iter().find_map(|m| match m {
+        SimpleQueryMessage::CommandComplete(n) => Some(*n),
+        _ => None,
+    });
+    assert_eq!(deleted, Some(6));
+    for aid in 1001..=1006 {
+        assert_eq!(
+            balance_direct(backend_of(&map, aid), aid).await,
+            None,
+            "aid {aid}"
+        );
+    }
 }

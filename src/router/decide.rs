@@ -25,7 +25,10 @@ pub enum Decision {
     One(BackendId),
     /// Several backends, each running the statement as is (keys on several
     /// backends: reads are merged, writes commit atomically). Sorted, distinct.
-    Many(Vec<BackendId>),
+    Many {
+        backends: Vec<BackendId>,
+        write: bool,
+    },
     /// Every backend runs it; writes commit atomically.
     All,
     /// Every backend runs the read; the results are merged.
@@ -72,7 +75,7 @@ fn decide_plan(plan: &Plan, values: &Values, map: &ShardMap) -> Decision {
         Plan::CopyIn { .. } => Decision::CopyIn,
         Plan::CopyOut { .. } => Decision::CopyOut,
         Plan::Unsupported(why) => Decision::Error(why.clone()),
-        Plan::Keyed { table, keys, .. } => {
+        Plan::Keyed { table, keys, write } => {
             let key_type = key_type(map, table);
             let mut backends = Vec::with_capacity(keys.len());
             for source in keys {
@@ -89,7 +92,10 @@ fn decide_plan(plan: &Plan, values: &Values, map: &ShardMap) -> Decision {
                 // Only NULL keys: no row anywhere.
                 [] => Decision::Any,
                 [one] => Decision::One(*one),
-                _ => Decision::Many(backends),
+                _ => Decision::Many {
+                    backends,
+                    write: *write,
+                },
             }
         }
         Plan::Insert { table, rows } => {

@@ -126,7 +126,18 @@ fn keyed_statements_go_to_their_key_s_backend() {
     check(
         m,
         "SELECT * FROM pgbench_accounts WHERE aid IN (1, 2, 3, 4, 5, 6, 7, 8)",
-        Decision::Many(many),
+        Decision::Many {
+            backends: many.clone(),
+            write: false,
+        },
+    );
+    check(
+        m,
+        "DELETE FROM pgbench_accounts WHERE aid IN (1, 2, 3, 4, 5, 6, 7, 8)",
+        Decision::Many {
+            backends: many,
+            write: true,
+        },
     );
 }
 

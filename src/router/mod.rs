@@ -7,6 +7,7 @@
 pub mod decide;
 pub mod hash;
 pub mod shardmap;
+pub mod split;
 pub mod sql;
 
 pub use shardmap::{BackendId, ShardMap};

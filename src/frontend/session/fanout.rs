@@ -20,6 +20,7 @@ use crate::frontend::pipeline::Expect;
 use crate::frontend::statements::{self, Statement};
 use crate::protocol::messages;
 use crate::protocol::next_frame;
+use crate::router::BackendId;
 use crate::stats::Stats;
 
 impl Session {
@@ -30,7 +31,24 @@ impl Session {
             bytes: query.clone(),
             statement: None,
         };
-        self.answer_everywhere(&request, atomic).await;
+        let backends = self.app.topology.load().pools.len();
+        let parts = (0..backends).map(|b| (b, request.clone())).collect();
+        self.answer(parts, atomic).await;
+    }
+
+    /// Runs one Query per backend, atomically.
+    pub(super) async fn run_parts(&mut self, parts: Vec<(BackendId, Bytes)>) {
+        let parts = parts
+            .into_iter()
+            .map(|(b, bytes)| {
+                let request = Request {
+                    bytes,
+                    statement: None,
+                };
+                (b, request)
+            })
+            .collect();
+        self.answer(parts, true).await;
     }
 
     /// An extended batch (its Bind is `bind`, the rest up to Sync still buffered)
@@ -40,7 +58,9 @@ impl Session {
         let Some(request) = self.batch_request(bind) else {
             return false;
         };
-        self.answer_everywhere(&request, true).await;
+        let backends = self.app.topology.load().pools.len();
+        let parts = (0..backends).map(|b| (b, request.clone())).collect();
+        self.answer(parts, true).await;
         // The batch's Sync was taken with it.
         self.pipeline.unsynced = false;
         self.pipeline.skip_until_sync = false;
@@ -94,8 +114,8 @@ impl Session {
         })
     }
 
-    async fn answer_everywhere(&mut self, request: &Request, atomic: bool) {
-        let reply = match self.everywhere(request, atomic).await {
+    async fn answer(&mut self, parts: Vec<(BackendId, Request)>, atomic: bool) {
+        let reply = match self.fan_out(&parts, atomic).await {
             Ok(reply) => reply,
             Err(e) => {
                 Stats::client_error(e.kind());
@@ -108,11 +128,17 @@ impl Session {
         self.pipeline.push(Expect::Synthetic(reply));
     }
 
-    async fn everywhere(&mut self, request: &Request, atomic: bool) -> Result<Bytes, ClientError> {
+    /// Runs each part's request on its backend (parts in backend order, so two
+    /// clients doing this cannot deadlock on pools).
+    async fn fan_out(
+        &mut self,
+        parts: &[(BackendId, Request)],
+        atomic: bool,
+    ) -> Result<Bytes, ClientError> {
         let topology = self.app.topology.load_full();
-        let mut servers: Vec<Guard> = Vec::with_capacity(topology.pools.len());
-        // Always in backend order, so two clients doing this cannot deadlock.
-        for pool in &topology.pools {
+        let mut servers: Vec<Guard> = Vec::with_capacity(parts.len());
+        for (backend, _) in parts {
+            let pool = topology.pool(*backend);
             let mut server = pool.checkout().await.map_err(|e| match e {
                 PoolError::Timeout(_) => ClientError::PoolTimeout(pool.backend.to_string()),
                 PoolError::Server(_) => ClientError::ServerUnavailable(pool.backend.to_string()),
@@ -135,7 +161,7 @@ impl Session {
         }
         let mut replies = Vec::with_capacity(servers.len());
         let mut failed = None;
-        for server in servers.iter_mut() {
+        for (server, (_, request)) in servers.iter_mut().zip(parts) {
             let (bytes, added_parse) = request.for_server(server);
             let mut frames = server.exchange(&bytes).await.map_err(|_| lost(server))?;
             if added_parse && frames.first().and_then(|f| f.first()) == Some(&b'1') {
@@ -161,8 +187,10 @@ impl Session {
         }
         if atomic {
             let mut conns: Vec<&mut ServerConn> = servers.iter_mut().map(|g| &mut **g).collect();
-            let log = topology.map.default_backend;
-            match self.app.coordinator.commit(&mut conns, Some(log)).await {
+            let log = parts
+                .iter()
+                .position(|(b, _)| *b == topology.map.default_backend);
+            match self.app.coordinator.commit(&mut conns, log).await {
                 // Decided: the commit completes (the rest by recovery).
                 Ok(()) | Err(TwoPhaseError::Unfinished { .. }) => {}
                 Err(TwoPhaseError::Log(e)) => {
@@ -177,7 +205,8 @@ impl Session {
     }
 }
 
-/// What every server runs.
+/// What a server runs.
+#[derive(Clone)]
 struct Request {
     bytes: Bytes,
     /// The client's named statement the batch binds, prepared where missing.

@@ -48,6 +48,9 @@ pub(super) enum Target {
     Everywhere,
     /// Every backend, one after another, outside a transaction.
     Maintenance,
+    /// Some backends, each its own Query, atomically (split INSERT, keyed writes on
+    /// several backends).
+    Fanout(Vec<(BackendId, Bytes)>),
     Refuse(ClientError),
 }
 
@@ -174,6 +177,10 @@ impl Session {
             }
             Target::Maintenance => {
                 self.run_everywhere(frame, false).await;
+                return false;
+            }
+            Target::Fanout(parts) => {
+                self.run_parts(parts).await;
                 return false;
             }
             Target::Refuse(e) => e,
@@ -312,6 +319,19 @@ impl Session {
             Some(Decision::Begin) => default,
             Some(Decision::All) if self.deferred_begin.is_none() => Target::Everywhere,
             Some(Decision::Maintenance) if autocommit => Target::Maintenance,
+            Some(Decision::Many {
+                backends,
+                write: true,
+            }) if autocommit => {
+                let query = Bytes::copy_from_slice(frame);
+                Target::Fanout(backends.into_iter().map(|b| (b, query.clone())).collect())
+            }
+            Some(Decision::Split(split)) if autocommit => match split_query(frame, &split) {
+                Some(parts) => Target::Fanout(parts),
+                None => Target::Refuse(ClientError::Unsupported(needs_several(&Decision::Split(
+                    split,
+                )))),
+            },
             Some(Decision::Error(why)) => Target::Refuse(ClientError::Unsupported(why)),
             Some(other) => Target::Refuse(ClientError::Unsupported(needs_several(&other))),
         }
@@ -420,12 +440,28 @@ fn unreachable_reason() -> String {
     "pgshard could not route this statement".into()
 }
 
+/// A Query frame's INSERT split into one Query frame per backend.
+fn split_query(frame: &[u8], split: &[(BackendId, Vec<usize>)]) -> Option<Vec<(BackendId, Bytes)>> {
+    let sql = std::str::from_utf8(frame.get(5..)?.strip_suffix(b"\0")?).ok()?;
+    let parts = crate::router::split::split_insert(sql, split)?;
+    Some(
+        parts
+            .into_iter()
+            .map(|(backend, sql)| {
+                let mut out = BytesMut::new();
+                messages::query(&mut out, &sql);
+                (backend, out.freeze())
+            })
+            .collect(),
+    )
+}
+
 /// For statements on sharded tables that are not routed by one key: what happens to
 /// them (the `kind` label of `pgshard_unrouted_statements_total`).
 fn unrouted_kind(decision: &Decision) -> Option<&'static str> {
     match decision {
         Decision::All | Decision::Maintenance => Some("all_backends"),
-        Decision::Scatter | Decision::Many(_) | Decision::Split(_) => Some("refused_multi"),
+        Decision::Scatter | Decision::Many { .. } | Decision::Split(_) => Some("several_backends"),
         Decision::CopyIn | Decision::CopyOut => Some("refused_copy"),
         Decision::Error(_) => Some("refused"),
         _ => None,
@@ -435,9 +471,15 @@ fn unrouted_kind(decision: &Decision) -> Option<&'static str> {
 /// Why a decision that needs several backends cannot run (yet).
 fn needs_several(decision: &Decision) -> String {
     let what = match decision {
-        Decision::Many(_) => "its keys live on several backends",
+        Decision::Many { .. } => {
+            "its keys live on several backends (a read would need merging, a write runs \
+             atomically only outside a transaction)"
+        }
         Decision::Scatter => "it reads a sharded table without its key (a scatter-gather read)",
-        Decision::Split(_) => "its rows belong on several backends",
+        Decision::Split(_) => {
+            "its rows belong on several backends (split only for a simple Query with the \
+             values written out, outside a transaction)"
+        }
         Decision::CopyIn => "COPY into a sharded table splits rows across backends",
         Decision::CopyOut => "COPY out of a sharded table gathers from every backend",
         Decision::All | Decision::Maintenance => {
