@@ -274,7 +274,8 @@ async fn statements_that_need_merging_are_refused_clearly() {
     let proxy = common::proxy_client(cluster()).await;
     accounts(&proxy).await;
     for sql in [
-        "SELECT count(*) FROM pgbench_accounts",
+        "SELECT sum(abalance) FROM pgbench_accounts",
+        "SELECT aid FROM pgbench_accounts ORDER BY aid LIMIT 3",
         "SELECT * FROM pgbench_accounts WHERE aid IN (1, 2, 3, 4, 5, 6, 7, 8)",
     ] {
         let err = proxy.simple_query(sql).await.unwrap_err();
@@ -685,4 +686,37 @@ async fn multi_row_inserts_split_and_keyed_writes_span_backends_atomically() {
             "aid {aid}"
         );
     }
+}
+
+#[tokio::test]
+async fn keyless_reads_gather_rows_and_counts() {
+    let _turn = SERIAL.lock().await;
+    let proxy = common::proxy_client(cluster()).await;
+    accounts(&proxy).await;
+    let rows_of = |replies: &[SimpleQueryMessage]| -> Vec<String> {
+        replies
+            .iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect()
+    };
+    let counted = proxy
+        .simple_query("SELECT count(*), count(bid) FROM pgbench_accounts WHERE aid > 10")
+        .await
+        .unwrap();
+    assert_eq!(rows_of(&counted), vec![(ROWS - 10).to_string()]);
+    let all = proxy
+        .simple_query("SELECT aid FROM pgbench_accounts WHERE abalance = 0")
+        .await
+        .unwrap();
+    let mut aids: Vec<i32> = rows_of(&all).iter().map(|a| a.parse().unwrap()).collect();
+    aids.sort_unstable();
+    assert_eq!(aids, (1..=ROWS).collect::<Vec<_>>());
+    let tag = all.iter().find_map(|m| match m {
+        SimpleQueryMessage::CommandComplete(n) => Some(*n),
+        _ => None,
+    });
+    assert_eq!(tag, Some(ROWS as u64), "row counts summed");
 }

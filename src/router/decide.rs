@@ -4,6 +4,7 @@
 use super::hash::{Key, KeyType};
 use super::shardmap::{BackendId, ShardMap};
 use super::sql::lexer::Literal;
+pub use super::sql::plan::Merge;
 use super::sql::plan::{Plan, Source};
 use super::sql::Analyzed;
 
@@ -31,8 +32,8 @@ pub enum Decision {
     },
     /// Every backend runs it; writes commit atomically.
     All,
-    /// Every backend runs the read; the results are merged.
-    Scatter,
+    /// Every backend runs the read; the results are merged as `Merge` says.
+    Scatter(Merge),
     /// INSERT rows by backend: `(backend, row indexes)`, backends sorted.
     Split(Vec<(BackendId, Vec<usize>)>),
     /// COPY FROM STDIN into a sharded table: rows split by key.
@@ -71,7 +72,7 @@ fn decide_plan(plan: &Plan, values: &Values, map: &ShardMap) -> Decision {
         Plan::Session => Decision::Session,
         Plan::Begin => Decision::Begin,
         Plan::Maintenance => Decision::Maintenance,
-        Plan::Scatter { .. } => Decision::Scatter,
+        Plan::Scatter { merge, .. } => Decision::Scatter(merge.clone()),
         Plan::CopyIn { .. } => Decision::CopyIn,
         Plan::CopyOut { .. } => Decision::CopyOut,
         Plan::Unsupported(why) => Decision::Error(why.clone()),
@@ -158,7 +159,7 @@ fn by_hint(hint: &str, plan: &Plan, map: &ShardMap) -> Decision {
     let table = match plan {
         Plan::Keyed { table, .. }
         | Plan::Insert { table, .. }
-        | Plan::Scatter { table }
+        | Plan::Scatter { table, .. }
         | Plan::CopyIn { table, .. }
         | Plan::CopyOut { table } => Some(table),
         Plan::Session => return Decision::Session,

@@ -253,13 +253,61 @@ fn keyless_reads_scatter_and_keyless_writes_go_everywhere() {
     check(
         m,
         "SELECT count(*) FROM pgbench_accounts",
-        Decision::Scatter,
+        Decision::Scatter(Merge::Count),
+    );
+    check(
+        m,
+        "SELECT count(*) AS n, count(bid) FROM pgbench_accounts WHERE abalance > 0",
+        Decision::Scatter(Merge::Count),
     );
     check(
         m,
         "SELECT * FROM pgbench_accounts WHERE aid = 7 OR aid = 8",
-        Decision::Scatter,
+        Decision::Scatter(Merge::Concat),
     );
+    check(
+        m,
+        "SELECT aid, upper(filler) FROM pgbench_accounts WHERE abalance > 10",
+        Decision::Scatter(Merge::Concat),
+    );
+    for (sql, why) in [
+        (
+            "SELECT sum(abalance) FROM pgbench_accounts",
+            "aggregates other than count",
+        ),
+        (
+            "SELECT count(DISTINCT bid) FROM pgbench_accounts",
+            "aggregates other than count",
+        ),
+        (
+            "SELECT count(*) + 1 FROM pgbench_accounts",
+            "aggregates other than count",
+        ),
+        (
+            "SELECT aid FROM pgbench_accounts ORDER BY aid LIMIT 5",
+            "ORDER BY / LIMIT",
+        ),
+        ("SELECT DISTINCT bid FROM pgbench_accounts", "DISTINCT"),
+        (
+            "SELECT bid, count(*) FROM pgbench_accounts GROUP BY bid",
+            "GROUP BY",
+        ),
+        (
+            "SELECT rank() OVER (ORDER BY aid) FROM pgbench_accounts",
+            "window function",
+        ),
+        (
+            "SELECT aid FROM pgbench_accounts UNION SELECT 1",
+            "set operation",
+        ),
+    ] {
+        match run(m, sql, &[]) {
+            Decision::Scatter(Merge::No(reason)) => {
+                assert!(reason.contains(why), "{sql}: {reason}")
+            }
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
     check(m, "UPDATE pgbench_accounts SET abalance = 0", Decision::All);
     check(m, "DELETE FROM pgbench_history", Decision::All);
     check(

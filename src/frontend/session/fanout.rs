@@ -33,7 +33,20 @@ impl Session {
         };
         let backends = self.app.topology.load().pools.len();
         let parts = (0..backends).map(|b| (b, request.clone())).collect();
-        self.answer(parts, atomic).await;
+        self.answer(parts, atomic, Merged::Rows).await;
+    }
+
+    /// A keyless read (a whole Query message) on every backend, outside any
+    /// transaction; `counts`: its columns are counts, summed into one row.
+    pub(super) async fn run_gather(&mut self, query: &Bytes, counts: bool) {
+        let request = Request {
+            bytes: query.clone(),
+            statement: None,
+        };
+        let backends = self.app.topology.load().pools.len();
+        let parts = (0..backends).map(|b| (b, request.clone())).collect();
+        let merge = if counts { Merged::Counts } else { Merged::Rows };
+        self.answer(parts, false, merge).await;
     }
 
     /// Runs one Query per backend, atomically.
@@ -48,7 +61,7 @@ impl Session {
                 (b, request)
             })
             .collect();
-        self.answer(parts, true).await;
+        self.answer(parts, true, Merged::Rows).await;
     }
 
     /// An extended batch (its Bind is `bind`, the rest up to Sync still buffered)
@@ -60,7 +73,7 @@ impl Session {
         };
         let backends = self.app.topology.load().pools.len();
         let parts = (0..backends).map(|b| (b, request.clone())).collect();
-        self.answer(parts, true).await;
+        self.answer(parts, true, Merged::Rows).await;
         // The batch's Sync was taken with it.
         self.pipeline.unsynced = false;
         self.pipeline.skip_until_sync = false;
@@ -114,8 +127,8 @@ impl Session {
         })
     }
 
-    async fn answer(&mut self, parts: Vec<(BackendId, Request)>, atomic: bool) {
-        let reply = match self.fan_out(&parts, atomic).await {
+    async fn answer(&mut self, parts: Vec<(BackendId, Request)>, atomic: bool, merged: Merged) {
+        let reply = match self.fan_out(&parts, atomic, merged).await {
             Ok(reply) => reply,
             Err(e) => {
                 Stats::client_error(e.kind());
@@ -134,6 +147,7 @@ impl Session {
         &mut self,
         parts: &[(BackendId, Request)],
         atomic: bool,
+        merged: Merged,
     ) -> Result<Bytes, ClientError> {
         let topology = self.app.topology.load_full();
         let mut servers: Vec<Guard> = Vec::with_capacity(parts.len());
@@ -201,8 +215,81 @@ impl Session {
             }
         }
         release(&mut servers);
+        if merged == Merged::Counts {
+            return sum_counts(&replies).ok_or_else(|| {
+                ClientError::Unsupported("pgshard could not add up the counts".into())
+            });
+        }
         Ok(merge(&replies))
     }
+}
+
+/// One row whose columns are each backend's counts added up (text format, as a
+/// simple Query returns them).
+fn sum_counts(replies: &[Vec<Bytes>]) -> Option<Bytes> {
+    let mut totals: Vec<i64> = Vec::new();
+    for reply in replies {
+        let row = reply.iter().find(|f| f.first() == Some(&b'D'))?;
+        let values = data_row_values(row)?;
+        if totals.is_empty() {
+            totals = vec![0; values.len()];
+        }
+        if values.len() != totals.len() {
+            return None;
+        }
+        for (total, value) in totals.iter_mut().zip(values) {
+            let n: i64 = std::str::from_utf8(value?).ok()?.parse().ok()?;
+            *total = total.checked_add(n)?;
+        }
+    }
+    let first = replies.first()?;
+    let mut out = BytesMut::new();
+    for frame in first
+        .iter()
+        .filter(|f| matches!(f.first(), Some(b'T' | b'N')))
+    {
+        out.extend_from_slice(frame);
+    }
+    let at = messages::begin(&mut out, b'D');
+    out.extend_from_slice(&(totals.len() as i16).to_be_bytes());
+    for total in totals {
+        let text = total.to_string();
+        out.extend_from_slice(&(text.len() as i32).to_be_bytes());
+        out.extend_from_slice(text.as_bytes());
+    }
+    messages::finish(&mut out, at);
+    messages::command_complete(&mut out, "SELECT 1");
+    messages::ready_for_query(&mut out, b'I');
+    Some(out.freeze())
+}
+
+/// The values of a DataRow frame (`None` for NULL); `None` when malformed.
+fn data_row_values(frame: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let payload = frame.get(5..)?;
+    let count = i16::from_be_bytes(payload.get(..2)?.try_into().ok()?);
+    let mut rest = &payload[2..];
+    let mut values = Vec::with_capacity(usize::try_from(count).ok()?);
+    for _ in 0..count {
+        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = &rest[4..];
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).ok()?;
+        values.push(Some(rest.get(..len)?));
+        rest = &rest[len..];
+    }
+    Some(values)
+}
+
+/// How the replies combine.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Merged {
+    /// Every backend's rows, row counts summed.
+    Rows,
+    /// One row of counts, each summed.
+    Counts,
 }
 
 /// What a server runs.

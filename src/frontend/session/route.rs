@@ -20,7 +20,7 @@ use crate::frontend::pipeline::Expect;
 use crate::frontend::statements::Statement;
 use crate::limits;
 use crate::protocol::messages;
-use crate::router::decide::{decide, Decision, Param};
+use crate::router::decide::{decide, Decision, Merge, Param};
 use crate::router::sql::Analyzed;
 use crate::router::{BackendId, ShardMap};
 
@@ -51,6 +51,8 @@ pub(super) enum Target {
     /// Some backends, each its own Query, atomically (split INSERT, keyed writes on
     /// several backends).
     Fanout(Vec<(BackendId, Bytes)>),
+    /// A keyless read on every backend, replies merged.
+    Gather(Merge),
     Refuse(ClientError),
 }
 
@@ -181,6 +183,10 @@ impl Session {
             }
             Target::Fanout(parts) => {
                 self.run_parts(parts).await;
+                return false;
+            }
+            Target::Gather(merge) => {
+                self.run_gather(frame, merge == Merge::Count).await;
                 return false;
             }
             Target::Refuse(e) => e,
@@ -326,6 +332,9 @@ impl Session {
                 let query = Bytes::copy_from_slice(frame);
                 Target::Fanout(backends.into_iter().map(|b| (b, query.clone())).collect())
             }
+            Some(Decision::Scatter(merge @ (Merge::Concat | Merge::Count))) if autocommit => {
+                Target::Gather(merge)
+            }
             Some(Decision::Split(split)) if autocommit => match split_query(frame, &split) {
                 Some(parts) => Target::Fanout(parts),
                 None => Target::Refuse(ClientError::Unsupported(needs_several(&Decision::Split(
@@ -461,7 +470,9 @@ fn split_query(frame: &[u8], split: &[(BackendId, Vec<usize>)]) -> Option<Vec<(B
 fn unrouted_kind(decision: &Decision) -> Option<&'static str> {
     match decision {
         Decision::All | Decision::Maintenance => Some("all_backends"),
-        Decision::Scatter | Decision::Many { .. } | Decision::Split(_) => Some("several_backends"),
+        Decision::Scatter(_) | Decision::Many { .. } | Decision::Split(_) => {
+            Some("several_backends")
+        }
         Decision::CopyIn | Decision::CopyOut => Some("refused_copy"),
         Decision::Error(_) => Some("refused"),
         _ => None,
@@ -475,7 +486,13 @@ fn needs_several(decision: &Decision) -> String {
             "its keys live on several backends (a read would need merging, a write runs \
              atomically only outside a transaction)"
         }
-        Decision::Scatter => "it reads a sharded table without its key (a scatter-gather read)",
+        Decision::Scatter(Merge::No(why)) => {
+            return format!("pgshard cannot run this statement yet: {why}")
+        }
+        Decision::Scatter(_) => {
+            "it reads a sharded table without its key (gathered only for a simple Query \
+             outside a transaction)"
+        }
         Decision::Split(_) => {
             "its rows belong on several backends (split only for a simple Query with the \
              values written out, outside a transaction)"
