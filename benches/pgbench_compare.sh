@@ -13,9 +13,10 @@
 # With SHARDS=N (default 0: none; issue 3 uses 4) a fifth target, `sharded`, is a second
 # `pgshard demo --backends N`. Its backends are each loaded with `pgbench -i`
 # directly (every backend holds every row; the proxy sends each key to the backend
-# its vshard maps to, which is what is measured). pgbench's built-in -S first counts
-# pgbench_branches, a scatter read pgshard does not run yet, so this target runs the
-# same SELECT from a script file (-f) instead of -S.
+# its vshard maps to, which is what is measured). pgbench's built-in -S would count
+# pgbench_branches through the proxy, summed over backends that each hold them all,
+# and so pick keys beyond the data; this target runs the same SELECT from a script
+# file (-f) over the loaded keys instead.
 #
 # Environment (defaults in brackets):
 #   DURATION [10]  seconds per pgbench run      ROUNDS [3]   rounds per mode
