@@ -2,6 +2,8 @@
 //! (see `backend::mux`): a statement that runs in its own implicit transaction and
 //! leaves the session as it found it.
 
+use crate::router::sql::lexer::block_comment_end;
+
 /// Statements a shared connection runs.
 const KEYWORDS: [&[u8]; 7] = [
     b"select", b"insert", b"update", b"delete", b"with", b"values", b"table",
@@ -65,29 +67,6 @@ pub(super) fn skip_blanks(mut sql: &[u8]) -> &[u8] {
             return sql;
         }
     }
-}
-
-/// Where the block comment at the start of `sql` ends, nested ones included.
-fn block_comment_end(sql: &[u8]) -> Option<usize> {
-    let mut depth = 0usize;
-    let mut at = 0;
-    while at + 1 < sql.len() {
-        match &sql[at..at + 2] {
-            b"/*" => {
-                depth += 1;
-                at += 2;
-            }
-            b"*/" => {
-                depth -= 1;
-                at += 2;
-                if depth == 0 {
-                    return Some(at);
-                }
-            }
-            _ => at += 1,
-        }
-    }
-    None
 }
 
 /// Whether `body` contains one of `SESSION_TEXT`, in any case (one pass; only bytes

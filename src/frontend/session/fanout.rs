@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::Session;
-use crate::backend::pool::{Guard, PoolError};
+use crate::backend::pool::Guard;
 use crate::backend::server::ServerConn;
 use crate::backend::twophase::TwoPhaseError;
 use crate::error::ClientError;
@@ -152,18 +152,7 @@ impl Session {
         let topology = self.app.topology.load_full();
         let mut servers: Vec<Guard> = Vec::with_capacity(parts.len());
         for (backend, _) in parts {
-            let pool = topology.pool(*backend);
-            let mut server = pool.checkout().await.map_err(|e| match e {
-                PoolError::Timeout(_) => ClientError::PoolTimeout(pool.backend.to_string()),
-                PoolError::Server(_) => ClientError::ServerUnavailable(pool.backend.to_string()),
-            })?;
-            // Not idle until this is over: an early return discards the connection
-            // rather than pool one left inside a transaction.
-            server.idle = false;
-            if server.params_fingerprint != self.params.fingerprint() {
-                self.restore_params(&mut server).await?;
-            }
-            servers.push(server);
+            servers.push(self.checkout(topology.pool(*backend)).await?);
         }
         let lost = |g: &Guard| ClientError::ServerLost(g.pool().backend.to_string());
         if atomic {

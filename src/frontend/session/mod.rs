@@ -20,7 +20,7 @@ use super::params::{self, ClientParams, ParamChange};
 use super::pipeline::{Expect, Pipeline, Req};
 use super::statements::Statements;
 use crate::app::App;
-use crate::backend::pool::{Guard, PoolError};
+use crate::backend::pool::{Guard, Pool, PoolError};
 use crate::backend::server::ServerError;
 use crate::config::PoolMode;
 use crate::error::ClientError;
@@ -266,9 +266,10 @@ impl Session {
         }
     }
 
-    async fn attach(&mut self, id: BackendId) -> Result<(), ClientError> {
-        let topology = self.app.topology.load();
-        let pool = topology.pool(id).clone();
+    /// A server connection from `pool` for this client: not idle (an early drop
+    /// discards it rather than pool one left mid-transaction), carrying the
+    /// client's settings.
+    async fn checkout(&mut self, pool: &std::sync::Arc<Pool>) -> Result<Guard, ClientError> {
         let mut server = pool.checkout().await.map_err(|e| match e {
             PoolError::Timeout(_) => ClientError::PoolTimeout(pool.backend.to_string()),
             PoolError::Server(_) => ClientError::ServerUnavailable(pool.backend.to_string()),
@@ -277,6 +278,13 @@ impl Session {
         if server.params_fingerprint != self.params.fingerprint() {
             self.restore_params(&mut server).await?;
         }
+        Ok(server)
+    }
+
+    async fn attach(&mut self, id: BackendId) -> Result<(), ClientError> {
+        let topology = self.app.topology.load();
+        let pool = topology.pool(id).clone();
+        let mut server = self.checkout(&pool).await?;
         self.touched = false;
         match self.deferred_begin.take() {
             // The BEGIN the client was already told about.

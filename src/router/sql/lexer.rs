@@ -242,8 +242,9 @@ fn dollar_string(sql: &str, open: usize) -> Result<(String, usize), LexError> {
     Ok((sql[body..body + end].to_owned(), body + end + tag.len()))
 }
 
-/// Where the block comment at the start of `s` ends (comments nest).
-fn block_comment_end(s: &[u8]) -> Option<usize> {
+/// Where the block comment at the start of `s` ends (comments nest, as in
+/// PostgreSQL); `None` when it does not.
+pub fn block_comment_end(s: &[u8]) -> Option<usize> {
     let mut depth = 0usize;
     let mut at = 0;
     while at + 1 < s.len() {

@@ -4,7 +4,9 @@
 //! statement shape.
 
 pub mod cache;
+mod keys;
 pub mod lexer;
+mod merge;
 pub mod plan;
 
 pub use cache::{Analyzed, PlanCache};

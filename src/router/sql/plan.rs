@@ -7,14 +7,15 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    visit_relations, BinaryOperator, CopySource, Expr, FromTable, Ident, InTarget, ObjectName,
-    ObjectNamePart, Query, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
-    UnaryOperator, Value,
+    visit_relations, CopySource, Expr, FromTable, Ident, ObjectName, ObjectNamePart, Query,
+    SetExpr, Statement, TableObject, TableWithJoins,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use super::lexer::LITERAL_BASE;
+use super::keys::{key_sources, source};
+use super::merge::merge_of;
+pub use super::merge::Merge;
 use crate::router::shardmap::ShardMap;
 
 /// Where a key value comes from.
@@ -74,139 +75,6 @@ pub enum Plan {
     Multi(Vec<Plan>),
     /// Cannot run correctly across shards; the message says why.
     Unsupported(String),
-}
-
-/// How the replies of a scatter read combine into the one answer PostgreSQL would
-/// give.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Merge {
-    /// Rows in any order: every backend's rows, one after another.
-    Concat,
-    /// Only `count(...)` columns and no grouping: each column summed.
-    Count,
-    /// Not merged (yet): why.
-    No(String),
-}
-
-/// Aggregate functions PostgreSQL ships (a user-defined aggregate is not known by
-/// name, see the README).
-const AGGREGATES: &[&str] = &[
-    "count",
-    "sum",
-    "avg",
-    "min",
-    "max",
-    "array_agg",
-    "string_agg",
-    "bool_and",
-    "bool_or",
-    "every",
-    "bit_and",
-    "bit_or",
-    "bit_xor",
-    "json_agg",
-    "jsonb_agg",
-    "json_object_agg",
-    "jsonb_object_agg",
-    "xmlagg",
-    "stddev",
-    "stddev_pop",
-    "stddev_samp",
-    "variance",
-    "var_pop",
-    "var_samp",
-    "corr",
-    "covar_pop",
-    "covar_samp",
-    "regr_avgx",
-    "regr_avgy",
-    "regr_count",
-    "regr_intercept",
-    "regr_r2",
-    "regr_slope",
-    "regr_sxx",
-    "regr_sxy",
-    "regr_syy",
-    "mode",
-    "percentile_cont",
-    "percentile_disc",
-    "rank",
-    "dense_rank",
-    "percent_rank",
-    "cume_dist",
-    "range_agg",
-    "range_intersect_agg",
-    "any_value",
-];
-
-/// How a keyless read's replies merge.
-fn merge_of(query: &Query) -> Merge {
-    let no = |why: &str| {
-        Merge::No(format!(
-            "a read without its key needs {why} merged across backends"
-        ))
-    };
-    let SetExpr::Select(select) = query.body.as_ref() else {
-        return no("a set operation (UNION ...)");
-    };
-    if query.with.is_some() {
-        return no("a WITH query");
-    }
-    if query.order_by.is_some() || query.limit_clause.is_some() || query.fetch.is_some() {
-        return no("ORDER BY / LIMIT");
-    }
-    if select.distinct.is_some() {
-        return no("DISTINCT");
-    }
-    if select.having.is_some() {
-        return no("HAVING");
-    }
-    let grouped =
-        !matches!(&select.group_by, sqlparser::ast::GroupByExpr::Expressions(e, _) if e.is_empty());
-    if grouped {
-        return no("GROUP BY");
-    }
-    let mut functions = Vec::new();
-    let _ = sqlparser::ast::visit_expressions(&select.projection, |e| {
-        if let Expr::Function(f) = e {
-            let name = f
-                .name
-                .0
-                .last()
-                .and_then(ObjectNamePart::as_ident)
-                .map(ident_name);
-            functions.push((name.unwrap_or_default(), f.over.is_some(), e.clone()));
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    if functions.iter().any(|(_, window, _)| *window) {
-        return no("a window function");
-    }
-    let aggregates = functions
-        .iter()
-        .filter(|(name, _, _)| AGGREGATES.contains(&name.as_str()))
-        .count();
-    if aggregates == 0 {
-        return Merge::Concat;
-    }
-    // Every column exactly count(...), nothing around it.
-    let counts = select.projection.iter().all(|item| {
-        let expr = match item {
-            sqlparser::ast::SelectItem::UnnamedExpr(e) => e,
-            sqlparser::ast::SelectItem::ExprWithAlias { expr, .. } => expr,
-            _ => return false,
-        };
-        matches!(expr, Expr::Function(f)
-            if f.over.is_none()
-                && f.filter.is_none()
-                && f.name.0.last().and_then(ObjectNamePart::as_ident).map(ident_name).as_deref() == Some("count")
-                && !format!("{}", f.args).to_ascii_lowercase().starts_with("(distinct"))
-    });
-    if counts {
-        Merge::Count
-    } else {
-        no("aggregates other than count(*)")
-    }
 }
 
 /// Plans one statement from its normalized text, or else its original text (some
@@ -497,118 +365,6 @@ fn plan_copy(
     }
 }
 
-/// The key values `selection` pins `table.key` to: `key = v`, `v = key` or
-/// `key IN (v, ...)`, possibly inside ANDs. `None`: not pinned.
-fn key_sources(
-    selection: &Expr,
-    table: &str,
-    key: &str,
-    from: &[TableWithJoins],
-) -> Option<Vec<Source>> {
-    let names = names_of(table, from);
-    find_keys(selection, key, &names)
-}
-
-fn find_keys(expr: &Expr, key: &str, names: &[String]) -> Option<Vec<Source>> {
-    match expr {
-        Expr::Nested(inner) => find_keys(inner, key, names),
-        Expr::BinaryOp {
-            left,
-            op: BinaryOperator::And,
-            right,
-        } => find_keys(left, key, names).or_else(|| find_keys(right, key, names)),
-        Expr::BinaryOp {
-            left,
-            op: BinaryOperator::Eq,
-            right,
-        } => {
-            if is_key(left, key, names) {
-                source(right).map(|s| vec![s])
-            } else if is_key(right, key, names) {
-                source(left).map(|s| vec![s])
-            } else {
-                None
-            }
-        }
-        Expr::In {
-            expr,
-            target: InTarget::List(list),
-            negated: false,
-            ..
-        } if is_key(expr, key, names) && !list.is_empty() => {
-            list.iter().map(source).collect::<Option<Vec<_>>>()
-        }
-        _ => None,
-    }
-}
-
-/// The names a column of `table` may be qualified with: the table and its aliases.
-fn names_of(table: &str, from: &[TableWithJoins]) -> Vec<String> {
-    let mut names = vec![table.to_owned()];
-    let factors = from
-        .iter()
-        .flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)));
-    for factor in factors {
-        if let TableFactor::Table {
-            name,
-            alias: Some(alias),
-            ..
-        } = factor
-        {
-            if table_name(name) == table {
-                names.push(ident_name(&alias.name));
-            }
-        }
-    }
-    names
-}
-
-fn is_key(expr: &Expr, key: &str, names: &[String]) -> bool {
-    match expr {
-        Expr::Nested(inner) => is_key(inner, key, names),
-        Expr::Identifier(ident) => ident_is(ident, key),
-        Expr::CompoundIdentifier(parts) => match parts.as_slice() {
-            [.., qualifier, column] => {
-                ident_is(column, key) && names.contains(&ident_name(qualifier))
-            }
-            [column] => ident_is(column, key),
-            [] => false,
-        },
-        _ => false,
-    }
-}
-
-/// A key value the router can read: a literal or parameter, maybe cast or negated.
-fn source(expr: &Expr) -> Option<Source> {
-    match expr {
-        Expr::Nested(inner) | Expr::Cast { expr: inner, .. } => source(inner),
-        Expr::UnaryOp {
-            op: UnaryOperator::Minus,
-            expr,
-        } => match source(expr)? {
-            Source::Literal(i) => Some(Source::NegLiteral(i)),
-            Source::Constant(c) => Some(Source::NegConstant(c)),
-            _ => None,
-        },
-        Expr::Value(v) => match &v.value {
-            Value::Number(n, _) => Some(Source::Constant(n.to_string())),
-            Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => {
-                Some(Source::Constant(s.clone()))
-            }
-            Value::Placeholder(p) => {
-                let n: u32 = p.strip_prefix('$')?.parse().ok()?;
-                if n >= LITERAL_BASE {
-                    Some(Source::Literal((n - LITERAL_BASE) as usize))
-                } else {
-                    n.checked_sub(1).map(|i| Source::Param(i as usize))
-                }
-            }
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
 /// Whether a query modifies data (a data-modifying WITH, or SELECT ... INTO).
 fn has_dml(query: &Query) -> bool {
     let body_writes = |body: &SetExpr| {
@@ -627,7 +383,7 @@ fn has_dml(query: &Query) -> bool {
 }
 
 /// A table's name as the map knows it: the last part, lowercased unless quoted.
-fn table_name(name: &ObjectName) -> String {
+pub(super) fn table_name(name: &ObjectName) -> String {
     name.0
         .last()
         .and_then(ObjectNamePart::as_ident)
@@ -651,14 +407,14 @@ fn is_catalog(object: &ObjectName, name: &str) -> bool {
     }
 }
 
-fn ident_name(ident: &Ident) -> String {
+pub(super) fn ident_name(ident: &Ident) -> String {
     match ident.quote_style {
         Some(_) => ident.value.clone(),
         None => ident.value.to_ascii_lowercase(),
     }
 }
 
-fn ident_is(ident: &Ident, name: &str) -> bool {
+pub(super) fn ident_is(ident: &Ident, name: &str) -> bool {
     ident_name(ident) == name
 }
 
