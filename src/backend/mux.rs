@@ -215,6 +215,12 @@ impl MuxConn {
             return None;
         }
         state.next_seq += 1;
+        if state.prepared.len() > limits::SERVER_PREPARED_MAX {
+            // Too many statements: retired once what is queued is answered, as the
+            // pool discards such a connection of its own (`give_back`).
+            self.alive.store(false, SeqCst);
+            state.tx = None;
+        }
         Some(Ticket {
             conn: self.clone(),
             seq,
@@ -229,11 +235,6 @@ impl MuxConn {
         if let Ok(mut state) = self.state.lock() {
             state.tx = None;
         }
-    }
-
-    /// Prepared statements it holds, counting those being prepared.
-    pub fn statement_count(&self) -> usize {
-        self.state.lock().map(|s| s.prepared.len()).unwrap_or(0)
     }
 
     fn forget(&self, ids: impl IntoIterator<Item = u64>) {

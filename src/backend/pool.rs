@@ -180,14 +180,7 @@ impl Pool {
         sync_sql: impl FnOnce() -> String,
     ) -> Option<Arc<MuxConn>> {
         let mut shared = self.shared.lock().ok()?;
-        shared.conns.retain(|c| {
-            // A connection holding too many statements is retired, as `give_back`
-            // does for the others.
-            if c.statement_count() > limits::SERVER_PREPARED_MAX {
-                c.close();
-            }
-            c.is_alive()
-        });
+        shared.conns.retain(|c| c.is_alive());
         let best = shared
             .conns
             .iter()

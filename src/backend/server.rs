@@ -181,9 +181,7 @@ pub struct SimpleReply {
 
 /// The first value of a DataRow payload, as text.
 fn first_column(payload: &[u8]) -> Option<String> {
-    let len = i32::from_be_bytes(payload.get(2..6)?.try_into().ok()?);
-    let len = usize::try_from(len).ok()?;
-    let value = payload.get(6..6 + len)?;
+    let value = (*messages::data_row_values(payload)?.first()?)?;
     Some(String::from_utf8_lossy(value).into_owned())
 }
 

@@ -237,6 +237,24 @@ pub fn bind_params(payload: &[u8], rest_at: usize) -> Option<Vec<BindParam<'_>>>
     Some(params)
 }
 
+/// The values of a DataRow payload (`None` for NULL); `None` when malformed.
+pub fn data_row_values(payload: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let (count, mut rest) = read_i16(payload)?;
+    let mut values = Vec::with_capacity(usize::try_from(count).ok()?);
+    for _ in 0..count {
+        let (len, after) = read_i32(rest)?;
+        if len < 0 {
+            values.push(None);
+            rest = after;
+            continue;
+        }
+        let len = usize::try_from(len).ok()?;
+        values.push(Some(after.get(..len)?));
+        rest = &after[len..];
+    }
+    Some(values)
+}
+
 /// Reads the kind ('S' or 'P') and name of a Describe or Close payload.
 pub fn target(payload: &[u8]) -> Option<(u8, &[u8])> {
     let (&kind, rest) = payload.split_first()?;

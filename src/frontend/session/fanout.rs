@@ -219,7 +219,7 @@ fn sum_counts(replies: &[Vec<Bytes>]) -> Option<Bytes> {
     let mut totals: Vec<i64> = Vec::new();
     for reply in replies {
         let row = reply.iter().find(|f| f.first() == Some(&b'D'))?;
-        let values = data_row_values(row)?;
+        let values = messages::data_row_values(row.get(5..)?)?;
         if totals.is_empty() {
             totals = vec![0; values.len()];
         }
@@ -250,26 +250,6 @@ fn sum_counts(replies: &[Vec<Bytes>]) -> Option<Bytes> {
     messages::command_complete(&mut out, "SELECT 1");
     messages::ready_for_query(&mut out, b'I');
     Some(out.freeze())
-}
-
-/// The values of a DataRow frame (`None` for NULL); `None` when malformed.
-fn data_row_values(frame: &[u8]) -> Option<Vec<Option<&[u8]>>> {
-    let payload = frame.get(5..)?;
-    let count = i16::from_be_bytes(payload.get(..2)?.try_into().ok()?);
-    let mut rest = &payload[2..];
-    let mut values = Vec::with_capacity(usize::try_from(count).ok()?);
-    for _ in 0..count {
-        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
-        rest = &rest[4..];
-        if len < 0 {
-            values.push(None);
-            continue;
-        }
-        let len = usize::try_from(len).ok()?;
-        values.push(Some(rest.get(..len)?));
-        rest = &rest[len..];
-    }
-    Some(values)
 }
 
 /// How the replies combine.

@@ -108,7 +108,8 @@ impl Session {
             ),
             Some(Decision::Error(why)) => why,
             Some(other) => needs_several(&other),
-            None => unreachable_reason(),
+            // Fits, handled above.
+            None => return Attached::Fits,
         };
         Attached::Mismatch(why)
     }
@@ -443,10 +444,6 @@ pub(super) fn raise_messages(message: &str) -> (Bytes, Bytes, Bytes) {
     execute.extend_from_slice(&0i32.to_be_bytes());
     messages::finish(&mut execute, at);
     (parse.freeze(), bind.freeze(), execute.freeze())
-}
-
-fn unreachable_reason() -> String {
-    "pgshard could not route this statement".into()
 }
 
 /// A Query frame's INSERT split into one Query frame per backend.
