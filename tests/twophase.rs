@@ -78,6 +78,21 @@ async fn participants(map: &ShardMap, table: &str) -> (ServerConn, ServerConn) {
     (a, b)
 }
 
+/// Participants as above, with their transactions prepared under a new gid.
+async fn prepare_both(
+    coordinator: &Coordinator,
+    map: &ShardMap,
+    table: &str,
+) -> (ServerConn, ServerConn, String) {
+    let (mut a, mut b) = participants(map, table).await;
+    let gid = Coordinator::new_gid();
+    coordinator
+        .prepare(&gid, &mut [&mut a, &mut b])
+        .await
+        .unwrap();
+    (a, b, gid)
+}
+
 #[tokio::test]
 async fn a_decided_commit_is_finished_by_recovery_after_a_lost_participant() {
     let _turn = SERIAL.lock().await;
@@ -85,12 +100,7 @@ async fn a_decided_commit_is_finished_by_recovery_after_a_lost_participant() {
     let pools = pools(&map);
     table("tp_decided").await;
     let coordinator = Coordinator::new(pools[0].clone(), Duration::from_secs(3600));
-    let (mut a, mut b) = participants(&map, "tp_decided").await;
-    let gid = Coordinator::new_gid();
-    coordinator
-        .prepare(&gid, &mut [&mut a, &mut b])
-        .await
-        .unwrap();
+    let (mut a, mut b, gid) = prepare_both(&coordinator, &map, "tp_decided").await;
     coordinator.decide(&gid).await.unwrap();
     // Between the decision and COMMIT PREPARED, b's connection is terminated.
     let terminate = format!("SELECT count(pg_terminate_backend({}))", b.cancel.pid);
@@ -122,12 +132,7 @@ async fn undecided_prepared_transactions_are_rolled_back() {
     let pools = pools(&map);
     table("tp_undecided").await;
     let coordinator = Coordinator::new(pools[0].clone(), Duration::from_secs(3600));
-    let (mut a, mut b) = participants(&map, "tp_undecided").await;
-    let gid = Coordinator::new_gid();
-    coordinator
-        .prepare(&gid, &mut [&mut a, &mut b])
-        .await
-        .unwrap();
+    let (a, b, gid) = prepare_both(&coordinator, &map, "tp_undecided").await;
     // The coordinator dies before deciding.
     drop((a, b));
     // Too young to be presumed aborted.
@@ -182,12 +187,7 @@ async fn a_starting_proxy_resolves_decided_transactions() {
     let pools = pools(&map);
     table("tp_start").await;
     let coordinator = Coordinator::new(pools[0].clone(), Duration::from_secs(3600));
-    let (mut a, mut b) = participants(&map, "tp_start").await;
-    let gid = Coordinator::new_gid();
-    coordinator
-        .prepare(&gid, &mut [&mut a, &mut b])
-        .await
-        .unwrap();
+    let (a, b, gid) = prepare_both(&coordinator, &map, "tp_start").await;
     coordinator.decide(&gid).await.unwrap();
     drop((a, b));
     let _proxy = common::start_proxy(
