@@ -165,51 +165,119 @@ async fn a_transaction_runs_on_its_key_s_backend() {
     proxy.batch_execute("COMMIT").await.unwrap();
 }
 
+/// Prepared transactions left on any backend.
+async fn prepared_left() -> i64 {
+    let mut left = 0;
+    for backend in 0..BACKENDS {
+        let client = common::backend_client(cluster(), backend).await;
+        let row = client
+            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+            .await
+            .unwrap();
+        left += row.get::<_, i64>(0);
+    }
+    left
+}
+
 #[tokio::test]
-async fn a_transaction_across_backends_is_refused_and_rolled_back() {
+async fn a_transaction_across_backends_commits_or_rolls_back_everywhere() {
     let _turn = SERIAL.lock().await;
     let map = map();
-    let proxy = common::proxy_client(cluster()).await;
+    let mut proxy = common::proxy_client(cluster()).await;
     accounts(&proxy).await;
     let (a, b) = apart(&map);
+    let update = |aid: i32, to: i32| {
+        format!("UPDATE pgbench_accounts SET abalance = {to} WHERE aid = {aid}")
+    };
+
+    // Simple queries: COMMIT commits on both backends.
     proxy.batch_execute("BEGIN").await.unwrap();
-    proxy
-        .batch_execute(&format!(
-            "UPDATE pgbench_accounts SET abalance = 1 WHERE aid = {a}"
-        ))
+    proxy.batch_execute(&update(a, 1)).await.unwrap();
+    proxy.batch_execute(&update(b, 1)).await.unwrap();
+    // Back on the first backend, then a keyless read over all of them.
+    proxy.batch_execute(&update(a, 2)).await.unwrap();
+    let rows = proxy
+        .simple_query("SELECT count(*) FROM pgbench_accounts WHERE abalance > 0")
         .await
         .unwrap();
-    let err = proxy
-        .batch_execute(&format!(
-            "UPDATE pgbench_accounts SET abalance = 1 WHERE aid = {b}"
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(code(&err), Some("0A000"), "{err}");
-    let message = err
-        .as_db_error()
-        .map(|e| e.message().to_string())
-        .unwrap_or_default();
-    assert!(message.contains("distributed transaction"), "{message}");
-    // The transaction failed: COMMIT rolls back, as in PostgreSQL.
-    let replies = proxy.simple_query("COMMIT").await.unwrap();
-    assert!(
-        replies
-            .iter()
-            .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(_))),
-        "{replies:?}"
+    let counted = rows.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(
+        counted.as_deref(),
+        Some("2"),
+        "the transaction sees its own writes"
     );
-    assert_eq!(balance_direct(backend_of(&map, a), a).await, Some(0));
-    assert_eq!(balance_direct(backend_of(&map, b), b).await, Some(0));
-    // The session carries on.
-    let row = proxy
+    proxy.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(balance_direct(backend_of(&map, a), a).await, Some(2));
+    assert_eq!(balance_direct(backend_of(&map, b), b).await, Some(1));
+
+    // ROLLBACK rolls back on both.
+    proxy.batch_execute("BEGIN").await.unwrap();
+    proxy.batch_execute(&update(a, 3)).await.unwrap();
+    proxy.batch_execute(&update(b, 3)).await.unwrap();
+    proxy.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(balance_direct(backend_of(&map, a), a).await, Some(2));
+    assert_eq!(balance_direct(backend_of(&map, b), b).await, Some(1));
+
+    // An error on one backend fails the whole transaction; COMMIT rolls back.
+    proxy.batch_execute("BEGIN").await.unwrap();
+    proxy.batch_execute(&update(a, 4)).await.unwrap();
+    proxy.batch_execute(&update(b, 4)).await.unwrap();
+    let err = proxy.batch_execute("SELECT 1/0").await.unwrap_err();
+    assert_eq!(code(&err), Some("22012"), "{err}");
+    let err = proxy.batch_execute(&update(a, 5)).await.unwrap_err();
+    assert_eq!(code(&err), Some("25P02"), "{err}");
+    let replies = proxy.simple_query("COMMIT").await.unwrap();
+    let tag = replies.iter().find_map(|m| match m {
+        SimpleQueryMessage::CommandComplete(_) => Some(()),
+        _ => None,
+    });
+    assert!(tag.is_some(), "{replies:?}");
+    assert_eq!(balance_direct(backend_of(&map, a), a).await, Some(2));
+    assert_eq!(balance_direct(backend_of(&map, b), b).await, Some(1));
+
+    // The extended protocol (tokio-postgres prepares, then binds), committed.
+    let tx = proxy.transaction().await.unwrap();
+    let set = tx
+        .prepare("UPDATE pgbench_accounts SET abalance = $2 WHERE aid = $1")
+        .await
+        .unwrap();
+    assert_eq!(tx.execute(&set, &[&a, &6i32]).await.unwrap(), 1);
+    assert_eq!(tx.execute(&set, &[&b, &6i32]).await.unwrap(), 1);
+    let row = tx
         .query_one(
             "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
-            &[&b],
+            &[&a],
         )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, i32>(0), 0);
+    assert_eq!(row.get::<_, i32>(0), 6);
+    tx.commit().await.unwrap();
+    assert_eq!(balance_direct(backend_of(&map, a), a).await, Some(6));
+    assert_eq!(balance_direct(backend_of(&map, b), b).await, Some(6));
+
+    // What holds on one backend only is refused once the transaction spans two,
+    // and the transaction fails.
+    proxy.batch_execute("BEGIN").await.unwrap();
+    proxy.batch_execute(&update(a, 7)).await.unwrap();
+    proxy.batch_execute(&update(b, 7)).await.unwrap();
+    let err = proxy.batch_execute("SAVEPOINT s").await.unwrap_err();
+    assert_eq!(code(&err), Some("0A000"), "{err}");
+    proxy.batch_execute("ROLLBACK").await.unwrap();
+    proxy.batch_execute("BEGIN").await.unwrap();
+    proxy.batch_execute(&update(a, 7)).await.unwrap();
+    proxy.batch_execute(&update(b, 7)).await.unwrap();
+    let err = proxy
+        .batch_execute(&format!("{}; COMMIT", update(a, 8)))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some("0A000"), "{err}");
+    proxy.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(balance_direct(backend_of(&map, a), a).await, Some(6));
+    assert_eq!(balance_direct(backend_of(&map, b), b).await, Some(6));
+    assert_eq!(prepared_left().await, 0);
 }
 
 #[tokio::test]
@@ -527,7 +595,7 @@ async fn refusals_keep_client_and_server_in_step() {
     assert_eq!(ready_status(&client.until_ready().await), Some(b'I'));
 
     // A table the map does not list lives on the default backend: a transaction
-    // elsewhere may not write it.
+    // elsewhere takes it in, and commits both.
     proxy
         .batch_execute("DROP TABLE IF EXISTS routing_audit; CREATE TABLE routing_audit (x int)")
         .await
@@ -547,20 +615,43 @@ async fn refusals_keep_client_and_server_in_step() {
         .send(&raw::query("INSERT INTO routing_audit VALUES (1)"))
         .await;
     let replies = client.until_ready().await;
-    assert_eq!(ready_status(&replies), Some(b'E'), "{replies:?}");
+    assert_eq!(ready_status(&replies), Some(b'T'), "{replies:?}");
     client.send(&raw::query("COMMIT")).await;
-    client.until_ready().await;
-    assert_eq!(balance_direct(backend_of(&map, away), away).await, Some(0));
-    // Outside a transaction it goes to the default backend, where reads find it.
-    proxy
-        .batch_execute("INSERT INTO routing_audit VALUES (2)")
-        .await
-        .unwrap();
+    assert_eq!(tags(&client.until_ready().await), "CZ");
+    assert_eq!(balance_direct(backend_of(&map, away), away).await, Some(9));
     let row = proxy
         .query_one("SELECT count(*) FROM routing_audit", &[])
         .await
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 1);
+
+    // An extended BEGIN and COMMIT (pgbench -M extended), spanning two backends.
+    let (a_text, b_text) = (a.to_string(), b.to_string());
+    let set = "UPDATE pgbench_accounts SET abalance = 10 WHERE aid = $1";
+    let statement = |sql: &str, params: &[&str]| {
+        raw::batch(&[
+            raw::parse("", sql),
+            raw::bind_text("", params),
+            raw::describe_portal(),
+            raw::execute(),
+            raw::sync(),
+        ])
+    };
+    client.send(&statement("BEGIN", &[])).await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "12nCZ", "{replies:?}");
+    assert_eq!(ready_status(&replies), Some(b'T'));
+    for key in [&a_text, &b_text] {
+        client.send(&statement(set, &[key])).await;
+        let replies = client.until_ready().await;
+        assert_eq!(tags(&replies), "12nCZ", "{replies:?}");
+    }
+    client.send(&statement("END", &[])).await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "12nCZ", "{replies:?}");
+    assert_eq!(ready_status(&replies), Some(b'I'));
+    assert_eq!(balance_direct(backend_of(&map, a), a).await, Some(10));
+    assert_eq!(balance_direct(backend_of(&map, b), b).await, Some(10));
 }
 
 #[tokio::test]

@@ -44,7 +44,11 @@ pub enum Decision {
     Maintenance,
     /// BEGIN / START TRANSACTION.
     Begin,
-    /// COMMIT, SET, SHOW ...: the session's business.
+    /// COMMIT (`commit`) or ROLLBACK.
+    End { commit: bool },
+    /// Savepoints, COMMIT/ROLLBACK AND CHAIN: they hold on one backend only.
+    Savepoint,
+    /// SET, SHOW ...: the session's business.
     Session,
     /// Cannot be run; the message says why (sent to the client as an error).
     Error(String),
@@ -70,6 +74,8 @@ fn decide_plan(plan: &Plan, values: &Values, map: &ShardMap) -> Decision {
         Plan::Default => Decision::Default,
         Plan::All => Decision::All,
         Plan::Session => Decision::Session,
+        Plan::End { commit } => Decision::End { commit: *commit },
+        Plan::Savepoint => Decision::Savepoint,
         Plan::Begin => Decision::Begin,
         Plan::Maintenance => Decision::Maintenance,
         Plan::Scatter { merge, .. } => Decision::Scatter(merge.clone()),
@@ -136,7 +142,11 @@ fn decide_multi(plans: &[Plan], values: &Values, map: &ShardMap) -> Decision {
             other => other,
         };
         match decision {
-            Decision::Any | Decision::Session | Decision::Begin => {}
+            Decision::Any
+            | Decision::Session
+            | Decision::Begin
+            | Decision::End { .. }
+            | Decision::Savepoint => {}
             Decision::One(b) if *target.get_or_insert(b) == b => {}
             Decision::Error(why) => return Decision::Error(why),
             _ => {
@@ -164,6 +174,8 @@ fn by_hint(hint: &str, plan: &Plan, map: &ShardMap) -> Decision {
         | Plan::CopyOut { table } => Some(table),
         Plan::Session => return Decision::Session,
         Plan::Begin => return Decision::Begin,
+        Plan::End { commit } => return Decision::End { commit: *commit },
+        Plan::Savepoint => return Decision::Savepoint,
         _ => None,
     };
     let key_type = match table {

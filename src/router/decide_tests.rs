@@ -358,13 +358,27 @@ fn ddl_maintenance_and_reference_tables() {
 #[test]
 fn session_statements_copy_and_hints() {
     let m = &map();
-    for sql in [
-        "COMMIT",
-        "ROLLBACK",
-        "SET work_mem = '8MB'",
-        "SHOW work_mem",
-    ] {
+    for sql in ["SET work_mem = '8MB'", "SHOW work_mem", "LISTEN x"] {
         check(m, sql, Decision::Session);
+    }
+    for sql in ["COMMIT", "END", "commit work", "COMMIT AND NO CHAIN"] {
+        check(m, sql, Decision::End { commit: true });
+    }
+    for sql in ["ROLLBACK", "ABORT", "rollback transaction"] {
+        check(m, sql, Decision::End { commit: false });
+    }
+    for sql in [
+        "SAVEPOINT a",
+        "RELEASE SAVEPOINT a",
+        "ROLLBACK TO SAVEPOINT a",
+        "ROLLBACK TO a",
+        "COMMIT AND CHAIN",
+        "ROLLBACK AND CHAIN",
+        "PREPARE TRANSACTION 'x'",
+        "COMMIT PREPARED 'x'",
+        "rollback prepared 'x'",
+    ] {
+        check(m, sql, Decision::Savepoint);
     }
     check(m, "BEGIN", Decision::Begin);
     check(

@@ -435,6 +435,11 @@ pub mod raw {
         message(b'S', &[])
     }
 
+    /// Describe of the unnamed portal.
+    pub fn describe_portal() -> Vec<u8> {
+        message(b'D', b"P\0")
+    }
+
     pub fn query(sql: &str) -> Vec<u8> {
         message(b'Q', format!("{sql}\0").as_bytes())
     }

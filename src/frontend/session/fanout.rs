@@ -11,15 +11,16 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::span::commit_outcome;
 use super::Session;
 use crate::backend::pool::Guard;
 use crate::backend::server::ServerConn;
-use crate::backend::twophase::TwoPhaseError;
 use crate::error::ClientError;
 use crate::frontend::pipeline::Expect;
 use crate::frontend::statements::{self, Statement};
 use crate::protocol::messages;
 use crate::protocol::next_frame;
+use crate::router::decide::{Decision, Merge};
 use crate::router::BackendId;
 use crate::stats::Stats;
 
@@ -128,33 +129,33 @@ impl Session {
     }
 
     async fn answer(&mut self, parts: Vec<(BackendId, Request)>, atomic: bool, merged: Merged) {
-        let reply = match self.fan_out(&parts, atomic, merged).await {
+        let mut reply = match self.fan_out(&parts, atomic, merged).await {
             Ok(reply) => reply,
             Err(e) => {
                 Stats::client_error(e.kind());
                 let mut reply = BytesMut::new();
                 e.write(&mut reply);
-                messages::ready_for_query(&mut reply, b'I');
-                reply.freeze()
+                reply
             }
         };
-        self.pipeline.push(Expect::Synthetic(reply));
+        messages::ready_for_query(&mut reply, b'I');
+        self.pipeline.push(Expect::Synthetic(reply.freeze()));
     }
 
-    /// Runs each part's request on its backend (parts in backend order, so two
-    /// clients doing this cannot deadlock on pools).
+    /// Runs each part's request on its backend outside any transaction of the
+    /// client's (parts in backend order, so two clients doing this cannot deadlock
+    /// on pools). The reply, without ReadyForQuery.
     async fn fan_out(
         &mut self,
         parts: &[(BackendId, Request)],
         atomic: bool,
         merged: Merged,
-    ) -> Result<Bytes, ClientError> {
+    ) -> Result<BytesMut, ClientError> {
         let topology = self.app.topology.load_full();
         let mut servers: Vec<Guard> = Vec::with_capacity(parts.len());
         for (backend, _) in parts {
             servers.push(self.checkout(topology.pool(*backend)).await?);
         }
-        let lost = |g: &Guard| ClientError::ServerLost(g.pool().backend.to_string());
         if atomic {
             for server in servers.iter_mut() {
                 if server.execute("BEGIN").await.is_err() {
@@ -162,60 +163,163 @@ impl Session {
                 }
             }
         }
-        let mut replies = Vec::with_capacity(servers.len());
-        let mut failed = None;
-        for (server, (_, request)) in servers.iter_mut().zip(parts) {
-            let (bytes, added_parse) = request.for_server(server);
-            let mut frames = server.exchange(&bytes).await.map_err(|_| lost(server))?;
-            if added_parse && frames.first().and_then(|f| f.first()) == Some(&b'1') {
-                // The client's own Parse was answered long ago.
-                frames.remove(0);
-            }
-            if let Some(error) = frames.iter().find(|f| f.first() == Some(&b'E')) {
-                failed = Some(error.clone());
-                break;
-            }
-            replies.push(frames);
-        }
-        if let Some(error) = failed {
-            if atomic {
-                for server in servers.iter_mut() {
-                    let _ = server.execute("ROLLBACK").await;
+        let mut refs: Vec<&mut Guard> = servers.iter_mut().collect();
+        let replies = match run_on(&mut refs, parts).await {
+            Ok(replies) => replies,
+            Err(Failure::Lost(e)) => return Err(e),
+            Err(Failure::Failed { error, .. }) => {
+                if atomic {
+                    for server in servers.iter_mut() {
+                        let _ = server.execute("ROLLBACK").await;
+                    }
                 }
+                release(&mut servers);
+                return Ok(BytesMut::from(&error[..]));
             }
-            release(&mut servers);
-            let mut reply = BytesMut::from(&error[..]);
-            messages::ready_for_query(&mut reply, b'I');
-            return Ok(reply.freeze());
-        }
+        };
         if atomic {
             let mut conns: Vec<&mut ServerConn> = servers.iter_mut().map(|g| &mut **g).collect();
             let log = parts
                 .iter()
                 .position(|(b, _)| *b == topology.map.default_backend);
-            match self.app.coordinator.commit(&mut conns, log).await {
-                // Decided: the commit completes (the rest by recovery).
-                Ok(()) | Err(TwoPhaseError::Unfinished { .. }) => {}
-                Err(TwoPhaseError::Log(e)) => {
-                    // The decision may or may not have been written.
-                    return Err(ClientError::CommitUnknown(e.to_string()));
-                }
-                Err(e) => return Err(ClientError::RolledBack(e.to_string())),
-            }
+            commit_outcome(self.app.coordinator.commit(&mut conns, log).await)?;
         }
         release(&mut servers);
-        if merged == Merged::Counts {
-            return sum_counts(&replies).ok_or_else(|| {
-                ClientError::Unsupported("pgshard could not add up the counts".into())
+        reply_of(&replies, merged)
+    }
+
+    /// A simple Query that needs several backends (`decision`), inside the client's
+    /// transaction.
+    pub(super) async fn spread_query(&mut self, decision: Decision, query: &Bytes) {
+        let request = |bytes: Bytes| Request {
+            bytes,
+            statement: None,
+        };
+        let every = |query: &Bytes| {
+            let backends = self.app.topology.load().pools.len();
+            (0..backends).map(|b| (b, request(query.clone()))).collect()
+        };
+        let (parts, merged) = match decision {
+            Decision::All | Decision::Scatter(Merge::Concat) => (every(query), Merged::Rows),
+            Decision::Scatter(Merge::Count) => (every(query), Merged::Counts),
+            Decision::Many { backends, .. } => {
+                let parts = backends.into_iter().map(|b| (b, request(query.clone())));
+                (parts.collect(), Merged::Rows)
+            }
+            Decision::Split(split) => match super::route::split_query(query, &split) {
+                Some(parts) => {
+                    let parts = parts.into_iter().map(|(b, q)| (b, request(q)));
+                    (parts.collect(), Merged::Rows)
+                }
+                None => {
+                    let why = "a multi-row INSERT split across backends needs its values \
+                               written out";
+                    return self.fail_transaction(ClientError::Unsupported(why.into()));
+                }
+            },
+            other => {
+                let why = format!("pgshard cannot run this statement here ({other:?})");
+                return self.fail_transaction(ClientError::Unsupported(why));
+            }
+        };
+        self.spread(parts, merged).await;
+    }
+
+    /// Runs each part's request on its backend inside the client's transaction,
+    /// which takes in the backends it lacked (`span.rs`).
+    pub(super) async fn spread(&mut self, parts: Vec<(BackendId, Request)>, merged: Merged) {
+        let backends: Vec<BackendId> = parts.iter().map(|(b, _)| *b).collect();
+        let mut servers = match self.join_all(&backends).await {
+            Ok(servers) => servers,
+            Err(e) => return self.fail_transaction(e),
+        };
+        let mut refs: Vec<&mut Guard> = servers.iter_mut().map(|(_, g)| g).collect();
+        let result = run_on(&mut refs, &parts).await;
+        let mut reply = match result {
+            Ok(replies) => {
+                self.park_all(servers, None);
+                match reply_of(&replies, merged) {
+                    Ok(reply) => reply,
+                    // The statement ran; only its answer could not be merged.
+                    Err(e) => return self.fail_transaction(e),
+                }
+            }
+            Err(Failure::Failed { at, error }) => {
+                // The failed server is attached, so the transaction fails there too.
+                self.park_all(servers, Some(at));
+                self.pipeline.tx_status = b'E';
+                BytesMut::from(&error[..])
+            }
+            Err(Failure::Lost(e)) => {
+                drop(servers);
+                self.abandon_transaction();
+                Stats::client_error(e.kind());
+                let mut reply = BytesMut::new();
+                e.write(&mut reply);
+                messages::ready_for_query(&mut reply, b'I');
+                self.pipeline.push(Expect::Synthetic(reply.freeze()));
+                return;
+            }
+        };
+        messages::ready_for_query(&mut reply, self.pipeline.tx_status);
+        self.pipeline.push(Expect::Synthetic(reply.freeze()));
+    }
+}
+
+/// Why running parts stopped.
+enum Failure {
+    /// A server answered part `at` with this ErrorResponse; later parts did not run.
+    Failed { at: usize, error: Bytes },
+    /// A server connection failed.
+    Lost(ClientError),
+}
+
+fn lost(server: &Guard) -> ClientError {
+    ClientError::ServerLost(server.pool().backend.to_string())
+}
+
+/// Runs `parts[i]` on `servers[i]`, one after another, up to the first error.
+async fn run_on(
+    servers: &mut [&mut Guard],
+    parts: &[(BackendId, Request)],
+) -> Result<Vec<Vec<Bytes>>, Failure> {
+    let mut replies = Vec::with_capacity(servers.len());
+    for (at, (server, (_, request))) in servers.iter_mut().zip(parts).enumerate() {
+        let (bytes, added_parse) = request.for_server(server);
+        let mut frames = match server.exchange(&bytes).await {
+            Ok(frames) => frames,
+            Err(_) => {
+                server.broken = true;
+                return Err(Failure::Lost(lost(server)));
+            }
+        };
+        if added_parse && frames.first().and_then(|f| f.first()) == Some(&b'1') {
+            // The client's own Parse was answered long ago.
+            frames.remove(0);
+        }
+        if let Some(error) = frames.iter().find(|f| f.first() == Some(&b'E')) {
+            return Err(Failure::Failed {
+                at,
+                error: error.clone(),
             });
         }
-        Ok(merge(&replies))
+        replies.push(frames);
+    }
+    Ok(replies)
+}
+
+/// The client's reply (without ReadyForQuery) from every backend's.
+fn reply_of(replies: &[Vec<Bytes>], merged: Merged) -> Result<BytesMut, ClientError> {
+    match merged {
+        Merged::Rows => Ok(merge(replies)),
+        Merged::Counts => sum_counts(replies)
+            .ok_or_else(|| ClientError::Unsupported("pgshard could not add up the counts".into())),
     }
 }
 
 /// One row whose columns are each backend's counts added up (text format, as a
 /// simple Query returns them).
-fn sum_counts(replies: &[Vec<Bytes>]) -> Option<Bytes> {
+fn sum_counts(replies: &[Vec<Bytes>]) -> Option<BytesMut> {
     let mut totals: Vec<i64> = Vec::new();
     for reply in replies {
         let row = reply.iter().find(|f| f.first() == Some(&b'D'))?;
@@ -248,13 +352,12 @@ fn sum_counts(replies: &[Vec<Bytes>]) -> Option<Bytes> {
     }
     messages::finish(&mut out, at);
     messages::command_complete(&mut out, "SELECT 1");
-    messages::ready_for_query(&mut out, b'I');
-    Some(out.freeze())
+    Some(out)
 }
 
 /// How the replies combine.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Merged {
+pub(super) enum Merged {
     /// Every backend's rows, row counts summed.
     Rows,
     /// One row of counts, each summed.
@@ -263,10 +366,10 @@ enum Merged {
 
 /// What a server runs.
 #[derive(Clone)]
-struct Request {
-    bytes: Bytes,
+pub(super) struct Request {
+    pub(super) bytes: Bytes,
     /// The client's named statement the batch binds, prepared where missing.
-    statement: Option<Arc<Statement>>,
+    pub(super) statement: Option<Arc<Statement>>,
 }
 
 impl Request {
@@ -295,8 +398,8 @@ fn release(servers: &mut [Guard]) {
 }
 
 /// One reply for the client: per statement, the first backend's description, the
-/// rows of every backend, and the row counts summed; then ReadyForQuery 'I'.
-fn merge(replies: &[Vec<Bytes>]) -> Bytes {
+/// rows of every backend, and the row counts summed.
+fn merge(replies: &[Vec<Bytes>]) -> BytesMut {
     let mut out = BytesMut::new();
     let segments: Vec<Vec<&[Bytes]>> = replies.iter().map(|r| segments(r)).collect();
     let count = segments.first().map_or(0, Vec::len);
@@ -326,8 +429,7 @@ fn merge(replies: &[Vec<Bytes>]) -> Bytes {
             messages::command_complete(&mut out, &sum_tags(&tags));
         }
     }
-    messages::ready_for_query(&mut out, b'I');
-    out.freeze()
+    out
 }
 
 /// A reply cut after each CommandComplete (and EmptyQueryResponse), without its

@@ -7,6 +7,7 @@ mod fanout;
 mod replies;
 mod route;
 mod shared;
+mod span;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,6 +62,13 @@ pub struct Session {
     /// A statement refused inside a transaction, in an extended batch: at its Sync
     /// the server runs a statement raising this, so its transaction fails too.
     raise_at_sync: Option<String>,
+    /// The transaction's other servers when it spans backends (`span.rs`).
+    parked: Vec<(BackendId, Guard)>,
+    /// A Bind the proxy answers itself, with its portal's Describe and Execute.
+    answering: Option<span::Answering>,
+    /// The current extended batch so far is only Parses kept by the proxy: nothing
+    /// of it went to the server yet.
+    batch_deferred: bool,
 }
 
 /// A client's unnamed statement: its Parse message as sent, and what it changes.
@@ -102,6 +110,9 @@ impl Session {
             begin: None,
             touched: false,
             raise_at_sync: None,
+            parked: Vec::new(),
+            answering: None,
+            batch_deferred: false,
         }
     }
 
@@ -183,10 +194,18 @@ impl Session {
             if info.tag == b'X' {
                 return Ok(false);
             }
-            let topology = self.app.topology.load();
+            if self.answering.is_some() {
+                let frame = self.conn.rbuf[..info.len].to_vec();
+                if self.answer_own(info.tag, &frame).await {
+                    let _ = self.conn.rbuf.split_to(info.len);
+                    continue;
+                }
+            }
+            let topology = self.app.topology.load_full();
             let map = &topology.map;
             let routing = map.backends.len() > 1;
             let mut mismatch = None;
+            let mut span = None;
             if routing && self.server.is_some() && matches!(info.tag, b'Q' | b'B' | b'P') {
                 match self.check_attached(info.tag, info.len, map) {
                     route::Attached::Fits => {}
@@ -194,9 +213,17 @@ impl Session {
                     route::Attached::Hold => return Ok(true),
                     route::Attached::Release => self.release(),
                     route::Attached::Mismatch(why) => mismatch = Some(why),
+                    other => span = Some(other),
                 }
             }
             let frame = self.conn.rbuf.split_to(info.len).freeze();
+            if let Some(action) = span {
+                match self.span(action, info.tag, &frame, map).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(why) => mismatch = Some(why),
+                }
+            }
             let detached = self.server.is_none() && !self.pipeline.skip_until_sync;
             if detached && info.tag == b'P' {
                 match self.parse_without_server(&frame) {
@@ -408,6 +435,7 @@ impl Session {
     }
 
     fn push(&mut self, req: Req) {
+        self.batch_deferred = false;
         if !matches!(req, Req::Query | Req::FunctionCall | Req::Sync) {
             self.pipeline.unsynced = true;
         }
@@ -417,6 +445,7 @@ impl Session {
 
     fn on_sync(&mut self, frame: &[u8]) {
         self.pipeline.skip_until_sync = false;
+        self.batch_deferred = false;
         let failed = std::mem::take(&mut self.pipeline.batch_failed);
         let raise = self.raise_at_sync.take().filter(|_| !failed);
         if let (Some(why), true) = (raise, self.server.is_some()) {

@@ -75,6 +75,9 @@ impl Session {
     }
 
     pub(super) fn on_ready(&mut self, status: u8) {
+        if status == b'I' {
+            self.drop_parked();
+        }
         if self.pipeline.is_empty() {
             if let Some(started) = self.request_started.take() {
                 self.app
@@ -171,6 +174,9 @@ impl Session {
         };
         self.backend = None;
         server.broken = true;
+        // The rest of a transaction spanning backends goes too (discarded, so
+        // PostgreSQL rolls it back).
+        self.parked.clear();
         let backend = server.pool().backend.to_string();
         tracing::warn!(%backend, reason = reason.as_deref().unwrap_or("closed"), "server connection lost");
         metrics::counter!("pgshard_backend_errors_total", "backend" => backend.clone(), "kind" => "lost").increment(1);
@@ -196,6 +202,7 @@ impl Session {
     /// or unresponsive, cancelled and discarded) so no transaction stays open.
     pub(super) async fn cleanup(&mut self) {
         self.info.detach();
+        self.rollback_parked().await;
         let Some(mut server) = self.server.take() else {
             return;
         };

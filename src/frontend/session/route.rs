@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::Session;
 use crate::error::ClientError;
+use crate::frontend::params::ParamChange;
 use crate::frontend::pipeline::Expect;
 use crate::frontend::statements::Statement;
 use crate::limits;
@@ -35,8 +36,18 @@ pub(super) enum Attached {
     Hold,
     /// The server is idle: let it go and route the message afresh.
     Release,
-    /// It belongs elsewhere, inside a transaction or batch: why.
+    /// It cannot run in this transaction or batch: why.
     Mismatch(String),
+    /// At a request boundary in a transaction: another backend's server is attached
+    /// (`span.rs`).
+    Switch(BackendId),
+    /// A simple Query that runs on several backends inside the transaction.
+    Spread(Decision),
+    /// COMMIT (`true`) or ROLLBACK of a transaction spanning backends.
+    End(bool),
+    /// A Parse that starts a batch inside a transaction: kept until its Bind says
+    /// where the batch goes.
+    DeferParse,
 }
 
 /// Where the first message of a transaction goes.
@@ -44,6 +55,8 @@ pub(super) enum Target {
     Backend(BackendId),
     /// Answer BEGIN now; attach at the transaction's first statement.
     DeferBegin,
+    /// The same for an extended-protocol BEGIN: the Bind, then its Execute.
+    DeferBeginBind,
     /// Every backend, atomically (autocommit DDL, keyless writes).
     Everywhere,
     /// Every backend, one after another, outside a transaction.
@@ -53,15 +66,20 @@ pub(super) enum Target {
     Fanout(Vec<(BackendId, Bytes)>),
     /// A keyless read on every backend, replies merged.
     Gather(Merge),
+    /// Several backends inside the client's (deferred) transaction.
+    Spread(Decision),
     Refuse(ClientError),
 }
 
 impl Session {
-    /// With a server attached: whether the Query or Bind buffered at the front
-    /// (`len` bytes) may go to it.
+    /// With a server attached: whether the message buffered at the front (`len`
+    /// bytes: a Query, Bind or Parse) may go to it.
     pub(super) fn check_attached(&mut self, tag: u8, len: usize, map: &ShardMap) -> Attached {
         let backend = self.backend.unwrap_or(map.default_backend);
         if tag == b'P' {
+            if self.pipeline.tx_status == b'T' && (!self.pipeline.unsynced || self.batch_deferred) {
+                return Attached::DeferParse;
+            }
             // A Parse that starts a new batch outside a transaction: its Bind decides,
             // so it waits for the server to be let go and is then kept (`defer_parse`).
             if self.pipeline.unsynced || self.pipeline.tx_status != b'I' {
@@ -75,14 +93,34 @@ impl Session {
             };
         }
         let decision = self.decision(tag, &self.conn.rbuf[..len], map);
+        if let Some(Decision::End { commit }) = decision {
+            if !self.spanning() {
+                return Attached::Fits;
+            }
+            return match self.boundary() {
+                Ok(()) => Attached::End(commit),
+                Err(wait) => wait,
+            };
+        }
+        // In a failed transaction the server refuses everything itself.
+        if self.pipeline.tx_status == b'E' {
+            return Attached::Fits;
+        }
+        if self.spanning() {
+            if let Some(why) = self.one_backend_only(tag, len, decision.as_ref(), map) {
+                return Attached::Mismatch(why);
+            }
+        }
         let fits = match &decision {
-            None | Some(Decision::Any | Decision::Session | Decision::Begin) => true,
+            None
+            | Some(Decision::Any | Decision::Session | Decision::Begin | Decision::Savepoint) => {
+                true
+            }
             Some(Decision::Default) => backend == map.default_backend,
             Some(Decision::One(b)) => *b == backend,
             Some(_) => false,
         };
-        // In a failed transaction the server refuses everything itself.
-        if fits || self.pipeline.tx_status == b'E' {
+        if fits {
             return Attached::Fits;
         }
         self.pipeline.flush_synthetic(&mut self.conn.wbuf);
@@ -93,25 +131,86 @@ impl Session {
         if new_batch && self.pipeline.tx_status == b'I' {
             return Attached::Release;
         }
-        let why = match decision {
-            Some(Decision::One(b)) => format!(
-                "this transaction runs on backend \"{}\"; a statement for backend \"{}\" \
-                 in the same transaction needs a distributed transaction, which pgshard \
-                 does not support yet",
-                map.backends[backend].name, map.backends[b].name
-            ),
-            Some(Decision::Default) => format!(
-                "this transaction runs on backend \"{}\"; a table the shard map does not \
-                 list lives on the default backend \"{}\", and a transaction on both \
-                 needs a distributed transaction, which pgshard does not support yet",
-                map.backends[backend].name, map.backends[map.default_backend].name
-            ),
-            Some(Decision::Error(why)) => why,
-            Some(other) => needs_several(&other),
+        // Inside a transaction: the transaction takes in more backends.
+        if let Err(wait) = self.boundary() {
+            return wait;
+        }
+        if !self.pending.is_empty() {
+            return Attached::Mismatch(format!(
+                "this transaction changed settings on backend \"{}\", and they would not \
+                 hold on the other backends a statement now needs",
+                map.backends[backend].name
+            ));
+        }
+        match decision {
+            Some(Decision::One(b)) => Attached::Switch(b),
+            Some(Decision::Default) => Attached::Switch(map.default_backend),
+            Some(Decision::Error(why)) => Attached::Mismatch(why),
+            Some(d) if tag == b'Q' && spreads(&d) => Attached::Spread(d),
+            Some(other) => Attached::Mismatch(needs_several(&other)),
             // Fits, handled above.
-            None => return Attached::Fits,
-        };
-        Attached::Mismatch(why)
+            None => Attached::Fits,
+        }
+    }
+
+    /// Whether the transaction is at a request boundary: everything sent answered,
+    /// and nothing of the current batch sent yet. Otherwise what to do instead.
+    fn boundary(&mut self) -> Result<(), Attached> {
+        self.pipeline.flush_synthetic(&mut self.conn.wbuf);
+        let unsent = !self.pipeline.unsynced || self.batch_deferred;
+        if self.pipeline.is_empty() && unsent {
+            return Ok(());
+        }
+        if !self.pipeline.unsynced {
+            return Err(Attached::Hold);
+        }
+        Err(Attached::Mismatch(
+            "in a transaction that spans backends, a statement for another backend than \
+             the statements before it in the same extended-protocol batch needs a Sync \
+             before it"
+                .into(),
+        ))
+    }
+
+    /// Why a statement cannot run once the transaction spans backends, if so.
+    fn one_backend_only(
+        &self,
+        tag: u8,
+        len: usize,
+        decision: Option<&Decision>,
+        map: &ShardMap,
+    ) -> Option<String> {
+        if decision == Some(&Decision::Savepoint) {
+            return Some(
+                "savepoints and COMMIT/ROLLBACK AND CHAIN are not supported in a transaction \
+                 that spans backends"
+                    .into(),
+            );
+        }
+        if tag != b'Q' {
+            let statement = self.bound_statement(&self.conn.rbuf[5..len])?;
+            return (!statement.is_empty()).then(changes_settings);
+        }
+        let payload = self.conn.rbuf.get(5..len)?;
+        if !self.param_changes(payload).is_empty() {
+            return Some(changes_settings());
+        }
+        let sql = std::str::from_utf8(payload.strip_suffix(b"\0")?).ok()?;
+        let analyzed = self.analyze(sql, map)?;
+        analyzed.plan.controls_transaction_among_others().then(|| {
+            "in a transaction that spans backends, COMMIT and ROLLBACK must be sent alone, \
+             not with other statements in one query string"
+                .into()
+        })
+    }
+
+    /// The setting changes of the statement a Bind (`payload`) runs.
+    fn bound_statement(&self, payload: &[u8]) -> Option<Vec<ParamChange>> {
+        let (_, name, _) = messages::bind_names(payload)?;
+        if name.is_empty() {
+            return Some(self.unnamed.as_ref()?.changes.clone());
+        }
+        Some(self.statements.get(name)?.changes.clone())
     }
 
     /// A Parse with no server attached is kept and answered here; it is sent to
@@ -140,6 +239,7 @@ impl Session {
         self.pipeline
             .push(Expect::Synthetic(Bytes::from_static(super::PARSE_COMPLETE)));
         self.pipeline.unsynced = true;
+        self.batch_deferred = true;
         true
     }
 
@@ -162,6 +262,25 @@ impl Session {
             },
             Target::DeferBegin => {
                 self.defer_begin(frame.clone());
+                return false;
+            }
+            Target::DeferBeginBind => {
+                let begin = self.bound_sql(&frame[5..], None).map(|sql| {
+                    let mut query = BytesMut::new();
+                    messages::query(&mut query, sql);
+                    query.freeze()
+                });
+                if let Some(begin) = begin {
+                    self.answer_bind(super::span::Answering::Begin(begin));
+                    return false;
+                }
+                match self.attach(map.default_backend).await {
+                    Ok(()) => return true,
+                    Err(e) => e,
+                }
+            }
+            Target::Spread(decision) => {
+                self.spread_query(decision, frame).await;
                 return false;
             }
             Target::Everywhere if tag == b'Q' => {
@@ -292,17 +411,8 @@ impl Session {
         unnamed: Option<&[u8]>,
         map: &ShardMap,
     ) -> Option<Decision> {
-        let (_, name, rest_at) = messages::bind_names(payload)?;
-        let parse: &[u8] = if name.is_empty() {
-            match unnamed {
-                Some(parse) => parse,
-                None => &self.unnamed.as_ref()?.parse,
-            }
-        } else {
-            &self.statements.get(name)?.parse
-        };
-        let (_, query, _) = messages::parse_message(parse.get(5..)?)?;
-        let sql = std::str::from_utf8(query).ok()?;
+        let (_, _, rest_at) = messages::bind_names(payload)?;
+        let sql = self.bound_sql(payload, unnamed)?;
         let analyzed = self.analyze(sql, map)?;
         let params: Vec<Param> = messages::bind_params(payload, rest_at)?
             .into_iter()
@@ -314,37 +424,61 @@ impl Session {
     /// Where the transaction that `frame` starts runs.
     pub(super) fn route_first(&self, tag: u8, frame: &[u8], map: &ShardMap) -> Target {
         let default = Target::Backend(map.default_backend);
-        let autocommit = tag == b'Q' && self.deferred_begin.is_none();
+        let in_transaction = self.deferred_begin.is_some();
+        let autocommit = tag == b'Q' && !in_transaction;
         let decision = self.decision(tag, frame, map);
         if let Some(kind) = decision.as_ref().and_then(unrouted_kind) {
             metrics::counter!("pgshard_unrouted_statements_total", "kind" => kind).increment(1);
         }
+        let Some(decision) = decision else {
+            return default;
+        };
         match decision {
-            None | Some(Decision::Any | Decision::Default | Decision::Session) => default,
-            Some(Decision::One(backend)) => Target::Backend(backend),
-            Some(Decision::Begin) if autocommit => Target::DeferBegin,
-            Some(Decision::Begin) => default,
-            Some(Decision::All) if self.deferred_begin.is_none() => Target::Everywhere,
-            Some(Decision::Maintenance) if autocommit => Target::Maintenance,
-            Some(Decision::Many {
+            Decision::Any
+            | Decision::Default
+            | Decision::Session
+            | Decision::End { .. }
+            | Decision::Savepoint => default,
+            Decision::One(backend) => Target::Backend(backend),
+            Decision::Begin if autocommit => Target::DeferBegin,
+            Decision::Begin if tag == b'B' && !in_transaction => Target::DeferBeginBind,
+            Decision::Begin => default,
+            Decision::Error(why) => Target::Refuse(ClientError::Unsupported(why)),
+            d if in_transaction && tag == b'Q' && spreads(&d) => Target::Spread(d),
+            Decision::All if !in_transaction => Target::Everywhere,
+            Decision::Maintenance if autocommit => Target::Maintenance,
+            Decision::Many {
                 backends,
                 write: true,
-            }) if autocommit => {
+            } if autocommit => {
                 let query = Bytes::copy_from_slice(frame);
                 Target::Fanout(backends.into_iter().map(|b| (b, query.clone())).collect())
             }
-            Some(Decision::Scatter(merge @ (Merge::Concat | Merge::Count))) if autocommit => {
+            Decision::Scatter(merge @ (Merge::Concat | Merge::Count)) if autocommit => {
                 Target::Gather(merge)
             }
-            Some(Decision::Split(split)) if autocommit => match split_query(frame, &split) {
+            Decision::Split(split) if autocommit => match split_query(frame, &split) {
                 Some(parts) => Target::Fanout(parts),
                 None => Target::Refuse(ClientError::Unsupported(needs_several(&Decision::Split(
                     split,
                 )))),
             },
-            Some(Decision::Error(why)) => Target::Refuse(ClientError::Unsupported(why)),
-            Some(other) => Target::Refuse(ClientError::Unsupported(needs_several(&other))),
+            other => Target::Refuse(ClientError::Unsupported(needs_several(&other))),
         }
+    }
+
+    /// The SQL text of the statement a Bind (`payload`, without the header) runs:
+    /// the client's named one, or the unnamed one: `unnamed` (a Parse message not
+    /// yet recorded) or else the last one recorded.
+    fn bound_sql<'a>(&'a self, payload: &[u8], unnamed: Option<&'a [u8]>) -> Option<&'a str> {
+        let (_, name, _) = messages::bind_names(payload)?;
+        let parse: &[u8] = match (name.is_empty(), unnamed) {
+            (true, Some(parse)) => parse,
+            (true, None) => &self.unnamed.as_ref()?.parse,
+            (false, _) => &self.statements.get(name)?.parse,
+        };
+        let (_, query, _) = messages::parse_message(parse.get(5..)?)?;
+        std::str::from_utf8(query).ok()
     }
 
     /// Answers a BEGIN whose backend is not known yet.
@@ -446,8 +580,28 @@ pub(super) fn raise_messages(message: &str) -> (Bytes, Bytes, Bytes) {
     (parse.freeze(), bind.freeze(), execute.freeze())
 }
 
+/// Decisions that run on several backends inside a transaction (as simple Queries).
+fn spreads(decision: &Decision) -> bool {
+    matches!(
+        decision,
+        Decision::All
+            | Decision::Many { .. }
+            | Decision::Split(_)
+            | Decision::Scatter(Merge::Concat | Merge::Count)
+    )
+}
+
+fn changes_settings() -> String {
+    "settings changed inside a transaction that spans backends would hold on one backend \
+     only; change them outside the transaction"
+        .into()
+}
+
 /// A Query frame's INSERT split into one Query frame per backend.
-fn split_query(frame: &[u8], split: &[(BackendId, Vec<usize>)]) -> Option<Vec<(BackendId, Bytes)>> {
+pub(super) fn split_query(
+    frame: &[u8],
+    split: &[(BackendId, Vec<usize>)],
+) -> Option<Vec<(BackendId, Bytes)>> {
     let sql = std::str::from_utf8(frame.get(5..)?.strip_suffix(b"\0")?).ok()?;
     let parts = crate::router::split::split_insert(sql, split)?;
     Some(

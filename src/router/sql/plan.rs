@@ -69,12 +69,32 @@ pub enum Plan {
     Maintenance,
     /// BEGIN / START TRANSACTION.
     Begin,
-    /// Other transaction control and session statements (COMMIT, SET, SHOW ...).
+    /// COMMIT / END (`commit`), ROLLBACK / ABORT: the end of a transaction.
+    End { commit: bool },
+    /// Savepoints, and COMMIT or ROLLBACK AND CHAIN: transaction control that holds
+    /// on one backend only.
+    Savepoint,
+    /// Session statements (SET, SHOW, LISTEN ...).
     Session,
     /// Several statements in one Query string, each with its plan.
     Multi(Vec<Plan>),
     /// Cannot run correctly across shards; the message says why.
     Unsupported(String),
+}
+
+impl Plan {
+    /// Several statements in one Query string, one of them transaction control.
+    pub fn controls_transaction_among_others(&self) -> bool {
+        let Plan::Multi(plans) = self else {
+            return false;
+        };
+        plans.iter().any(|p| {
+            matches!(
+                p,
+                Plan::Begin | Plan::End { .. } | Plan::Savepoint | Plan::Multi(_)
+            )
+        })
+    }
 }
 
 /// Plans one statement from its normalized text, or else its original text (some
@@ -135,6 +155,15 @@ fn plan_statement(statement: &Statement, map: &ShardMap) -> Plan {
             _ => Plan::Unsupported("EXPLAIN of a statement that spans backends".into()),
         },
         Statement::StartTransaction { .. } => Plan::Begin,
+        Statement::Commit { chain: false, .. } => Plan::End { commit: true },
+        Statement::Rollback {
+            chain: false,
+            savepoint: None,
+        } => Plan::End { commit: false },
+        Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. } => Plan::Savepoint,
         s if is_session(s) => Plan::Session,
         // DDL and the rest: the same on every backend, so schemas stay alike.
         _ => Plan::All,
@@ -144,11 +173,7 @@ fn plan_statement(statement: &Statement, map: &ShardMap) -> Plan {
 fn is_session(s: &Statement) -> bool {
     matches!(
         s,
-        Statement::Commit { .. }
-            | Statement::Rollback { .. }
-            | Statement::Savepoint { .. }
-            | Statement::ReleaseSavepoint { .. }
-            | Statement::Set(_)
+        Statement::Set(_)
             | Statement::ShowVariable { .. }
             | Statement::ShowVariables { .. }
             | Statement::Discard { .. }
@@ -455,6 +480,14 @@ fn unparsed(sql: &str, map: &ShardMap) -> Plan {
         "vacuum" | "analyze" | "analyse" | "cluster" | "reindex" | "checkpoint"
     ) {
         return Plan::All;
+    }
+    // PREPARE TRANSACTION, COMMIT PREPARED ...: transaction control for one backend.
+    let second = words.get(1).map(String::as_str).unwrap_or("");
+    if matches!(
+        (first, second),
+        ("prepare", "transaction") | ("commit" | "rollback", "prepared")
+    ) {
+        return Plan::Savepoint;
     }
     if let Some(table) = words
         .iter()
