@@ -170,6 +170,58 @@ impl ServerConn {
     }
 }
 
+/// How a COPY step on a server ended.
+pub enum CopyStep {
+    /// CopyInResponse or CopyOutResponse: the COPY runs (the frame).
+    Started(bytes::Bytes),
+    /// CommandComplete's tag, read up to ReadyForQuery.
+    Done(String),
+    /// The server's ErrorResponse, read up to ReadyForQuery.
+    Failed(bytes::Bytes),
+}
+
+impl ServerConn {
+    /// Sends `request` and reads until the COPY starts, or ends (ReadyForQuery).
+    /// CopyData is not expected here. A failure leaves the connection broken.
+    pub async fn copy_step(&mut self, request: &[u8]) -> Result<CopyStep, ServerError> {
+        let result = self.run_copy_step(request).await;
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    async fn run_copy_step(&mut self, request: &[u8]) -> Result<CopyStep, ServerError> {
+        self.stream.write_all(request).await?;
+        let mut tag = String::new();
+        let mut error = None;
+        loop {
+            let info = self.read_frame().await?;
+            let frame = self.rbuf.split_to(info.len).freeze();
+            match info.tag {
+                b'G' | b'H' => return Ok(CopyStep::Started(frame)),
+                b'E' => error = Some(frame),
+                b'C' => {
+                    let payload = &frame[5..];
+                    let text = payload.strip_suffix(b"\0").unwrap_or(payload);
+                    tag = String::from_utf8_lossy(text).into_owned();
+                }
+                b'Z' => {
+                    return Ok(match error {
+                        Some(e) => CopyStep::Failed(e),
+                        None => CopyStep::Done(tag),
+                    })
+                }
+                b'N' | b'S' | b'A' => {}
+                other => {
+                    let what = format!("unexpected message {} during COPY", other as char);
+                    return Err(ServerError::Protocol(what));
+                }
+            }
+        }
+    }
+}
+
 /// What an internal simple query returned.
 #[derive(Debug, Default)]
 pub struct SimpleReply {

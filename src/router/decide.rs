@@ -4,6 +4,7 @@
 use super::hash::{Key, KeyType};
 use super::shardmap::{BackendId, ShardMap};
 use super::sql::lexer::Literal;
+pub use super::sql::plan::CopyInto;
 pub use super::sql::plan::Merge;
 use super::sql::plan::{Plan, Source};
 use super::sql::Analyzed;
@@ -37,9 +38,10 @@ pub enum Decision {
     /// INSERT rows by backend: `(backend, row indexes)`, backends sorted.
     Split(Vec<(BackendId, Vec<usize>)>),
     /// COPY FROM STDIN into a sharded table: rows split by key.
-    CopyIn,
-    /// COPY TO STDOUT from a sharded table: gathered from every backend.
-    CopyOut,
+    CopyIn(CopyInto),
+    /// COPY TO STDOUT from a sharded table: gathered from every backend (`header`:
+    /// each writes a header line).
+    CopyOut { header: bool },
     /// Every backend, one after another, outside a transaction (VACUUM ...).
     Maintenance,
     /// BEGIN / START TRANSACTION.
@@ -79,8 +81,8 @@ fn decide_plan(plan: &Plan, values: &Values, map: &ShardMap) -> Decision {
         Plan::Begin => Decision::Begin,
         Plan::Maintenance => Decision::Maintenance,
         Plan::Scatter { merge, .. } => Decision::Scatter(merge.clone()),
-        Plan::CopyIn { .. } => Decision::CopyIn,
-        Plan::CopyOut { .. } => Decision::CopyOut,
+        Plan::CopyIn(copy) => Decision::CopyIn(copy.clone()),
+        Plan::CopyOut { header, .. } => Decision::CopyOut { header: *header },
         Plan::Unsupported(why) => Decision::Error(why.clone()),
         Plan::Keyed { table, keys, write } => {
             let key_type = key_type(map, table);
@@ -170,8 +172,8 @@ fn by_hint(hint: &str, plan: &Plan, map: &ShardMap) -> Decision {
         Plan::Keyed { table, .. }
         | Plan::Insert { table, .. }
         | Plan::Scatter { table, .. }
-        | Plan::CopyIn { table, .. }
-        | Plan::CopyOut { table } => Some(table),
+        | Plan::CopyIn(CopyInto { table, .. })
+        | Plan::CopyOut { table, .. } => Some(table),
         Plan::Session => return Decision::Session,
         Plan::Begin => return Decision::Begin,
         Plan::End { commit } => return Decision::End { commit: *commit },

@@ -1,6 +1,7 @@
 //! The routing decision for every statement shape (issue 3's table-driven test).
 
 use super::*;
+use crate::router::copy::CopyFormat;
 use crate::router::sql::PlanCache;
 
 fn map() -> ShardMap {
@@ -386,13 +387,54 @@ fn session_statements_copy_and_hints() {
         "start transaction isolation level serializable",
         Decision::Begin,
     );
-    check(m, "COPY pgbench_accounts FROM STDIN", Decision::CopyIn);
+    let copy = |key_at, format| {
+        Decision::CopyIn(CopyInto {
+            table: "pgbench_accounts".into(),
+            key_at,
+            format,
+        })
+    };
+    let text = CopyFormat::text();
     check(
         m,
-        "copy pgbench_accounts (aid, bid) from stdin with (format csv)",
-        Decision::CopyIn,
+        "COPY pgbench_accounts FROM STDIN",
+        copy(None, text.clone()),
     );
-    check(m, "COPY pgbench_accounts TO STDOUT", Decision::CopyOut);
+    // pgbench -i
+    check(
+        m,
+        "copy pgbench_accounts from stdin with (freeze on)",
+        copy(None, text.clone()),
+    );
+    let csv = CopyFormat {
+        csv: true,
+        delimiter: b';',
+        null: Vec::new(),
+        header: true,
+        ..text.clone()
+    };
+    check(
+        m,
+        "copy pgbench_accounts (bid, aid) from stdin with (format csv, delimiter ';', header)",
+        copy(Some(1), csv),
+    );
+    check_error(
+        m,
+        "copy pgbench_accounts (bid) from stdin",
+        &[],
+        "must include its key column \"aid\"",
+    );
+    check_error(
+        m,
+        "copy pgbench_accounts from stdin with (format binary)",
+        &[],
+        "text and csv only",
+    );
+    check(
+        m,
+        "COPY pgbench_accounts TO STDOUT",
+        Decision::CopyOut { header: false },
+    );
     check_error(m, "COPY countries FROM STDIN", &[], "reference table");
     check(m, "COPY other FROM STDIN", Decision::Default);
     check_error(

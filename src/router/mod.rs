@@ -4,6 +4,7 @@
 //! Architecture invariant: the router does no I/O; its only lock is the plan
 //! cache's, held for one lookup. It reads the shard map snapshot its caller loaded.
 
+pub mod copy;
 pub mod decide;
 pub mod hash;
 pub mod shardmap;

@@ -217,6 +217,8 @@ impl Session {
                     return self.fail_transaction(ClientError::Unsupported(why.into()));
                 }
             },
+            Decision::CopyIn(copy) => return self.copy_in(copy, query).await,
+            Decision::CopyOut { header } => return self.copy_out(query, header).await,
             other => {
                 let why = format!("pgshard cannot run this statement here ({other:?})");
                 return self.fail_transaction(ClientError::Unsupported(why));
@@ -462,7 +464,7 @@ fn command_tag(frame: &[u8]) -> &[u8] {
 
 /// `UPDATE 3` + `UPDATE 4` -> `UPDATE 7` (`INSERT 0 n` keeps its 0); tags without a
 /// count stay as the first one.
-fn sum_tags(tags: &[&[u8]]) -> String {
+pub(super) fn sum_tags(tags: &[&[u8]]) -> String {
     let first = String::from_utf8_lossy(tags.first().copied().unwrap_or_default()).into_owned();
     let Some((head, _)) = first.rsplit_once(' ') else {
         return first;

@@ -2,6 +2,7 @@
 //! connection at the start of a transaction (transaction pooling) and returns it at
 //! ReadyForQuery 'I', and forwards replies as whole frames without decoding rows.
 
+mod copy;
 mod extended;
 mod fanout;
 mod replies;

@@ -21,7 +21,7 @@ use crate::frontend::pipeline::Expect;
 use crate::frontend::statements::Statement;
 use crate::limits;
 use crate::protocol::messages;
-use crate::router::decide::{decide, Decision, Merge, Param};
+use crate::router::decide::{decide, CopyInto, Decision, Merge, Param};
 use crate::router::sql::Analyzed;
 use crate::router::{BackendId, ShardMap};
 
@@ -68,6 +68,10 @@ pub(super) enum Target {
     Gather(Merge),
     /// Several backends inside the client's (deferred) transaction.
     Spread(Decision),
+    /// COPY FROM STDIN split by key, in its own distributed transaction.
+    CopyIn(CopyInto),
+    /// COPY TO STDOUT from every backend (`header`: each writes one).
+    CopyOut(bool),
     Refuse(ClientError),
 }
 
@@ -283,6 +287,14 @@ impl Session {
                 self.spread_query(decision, frame).await;
                 return false;
             }
+            Target::CopyIn(copy) => {
+                self.copy_in(copy, frame).await;
+                return false;
+            }
+            Target::CopyOut(header) => {
+                self.copy_out(frame, header).await;
+                return false;
+            }
             Target::Everywhere if tag == b'Q' => {
                 self.run_everywhere(frame, true).await;
                 return false;
@@ -446,6 +458,8 @@ impl Session {
             Decision::Error(why) => Target::Refuse(ClientError::Unsupported(why)),
             d if in_transaction && tag == b'Q' && spreads(&d) => Target::Spread(d),
             Decision::All if !in_transaction => Target::Everywhere,
+            Decision::CopyIn(copy) if autocommit => Target::CopyIn(copy),
+            Decision::CopyOut { header } if autocommit => Target::CopyOut(header),
             Decision::Maintenance if autocommit => Target::Maintenance,
             Decision::Many {
                 backends,
@@ -588,6 +602,8 @@ fn spreads(decision: &Decision) -> bool {
             | Decision::Many { .. }
             | Decision::Split(_)
             | Decision::Scatter(Merge::Concat | Merge::Count)
+            | Decision::CopyIn(_)
+            | Decision::CopyOut { .. }
     )
 }
 
@@ -624,7 +640,7 @@ fn unrouted_kind(decision: &Decision) -> Option<&'static str> {
         Decision::Scatter(_) | Decision::Many { .. } | Decision::Split(_) => {
             Some("several_backends")
         }
-        Decision::CopyIn | Decision::CopyOut => Some("refused_copy"),
+        Decision::CopyIn(_) | Decision::CopyOut { .. } => Some("copy"),
         Decision::Error(_) => Some("refused"),
         _ => None,
     }
@@ -648,8 +664,9 @@ fn needs_several(decision: &Decision) -> String {
             "its rows belong on several backends (split only for a simple Query with the \
              values written out, outside a transaction)"
         }
-        Decision::CopyIn => "COPY into a sharded table splits rows across backends",
-        Decision::CopyOut => "COPY out of a sharded table gathers from every backend",
+        Decision::CopyIn(_) | Decision::CopyOut { .. } => {
+            "COPY with a sharded table runs only as a simple Query"
+        }
         Decision::All | Decision::Maintenance => {
             "it runs on every backend, which pgshard does only outside a transaction"
         }

@@ -16,7 +16,18 @@ use sqlparser::parser::Parser;
 use super::keys::{key_sources, source};
 use super::merge::merge_of;
 pub use super::merge::Merge;
+use crate::router::copy::CopyFormat;
 use crate::router::shardmap::ShardMap;
+
+/// A COPY FROM STDIN into a sharded table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyInto {
+    pub table: String,
+    /// The key's field in each row; `None`: the table's own column order decides
+    /// (no column list).
+    pub key_at: Option<usize>,
+    pub format: CopyFormat,
+}
 
 /// Where a key value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,13 +66,10 @@ pub enum Plan {
     /// INSERT ... VALUES into a sharded table: one key per row, rows split by backend.
     Insert { table: String, rows: Vec<Source> },
     /// COPY FROM STDIN into a sharded table: rows split by backend on their key.
-    CopyIn {
-        table: String,
-        /// The COPY's column list (empty: the table's columns, in order).
-        columns: Vec<String>,
-    },
-    /// COPY TO STDOUT from a sharded table: gathered from every backend.
-    CopyOut { table: String },
+    CopyIn(CopyInto),
+    /// COPY TO STDOUT from a sharded table: gathered from every backend (`header`:
+    /// each backend writes a header line).
+    CopyOut { table: String, header: bool },
     /// A read of a sharded table without a key: every backend, results merged.
     Scatter { table: String, merge: Merge },
     /// Maintenance that cannot run inside a transaction block (VACUUM, CREATE INDEX
@@ -107,7 +115,11 @@ pub fn plan(normalized: &str, original: &str, map: &ShardMap) -> (Plan, bool) {
         return (Plan::Maintenance, true);
     }
     let dialect = PostgreSqlDialect {};
-    let (statements, cacheable) = match Parser::parse_sql(&dialect, normalized) {
+    let parsed = Parser::parse_sql(&dialect, normalized).or_else(|e| {
+        // COPY ... WITH (FREEZE ON): the parser knows only TRUE/FALSE there.
+        copy_booleans(normalized).map_or(Err(e), |sql| Parser::parse_sql(&dialect, &sql))
+    });
+    let (statements, cacheable) = match parsed {
         Ok(statements) => (statements, true),
         Err(_) => match Parser::parse_sql(&dialect, original) {
             Ok(statements) => (statements, false),
@@ -148,8 +160,17 @@ fn plan_statement(statement: &Statement, map: &ShardMap) -> Plan {
             plan_write(&tables, from, delete.selection.as_ref())
         }
         Statement::Copy {
-            source, to, target, ..
-        } => plan_copy(source, *to, target, &tables),
+            source,
+            to,
+            target,
+            options,
+            legacy_options,
+            ..
+        } => match CopyFormat::from_options(options, legacy_options) {
+            Ok(format) => plan_copy(source, *to, target, format, &tables),
+            Err(_) if *to => plan_copy(source, *to, target, CopyFormat::text(), &tables),
+            Err(why) => Plan::Unsupported(why),
+        },
         Statement::Explain { statement, .. } => match plan_statement(statement, map) {
             plan @ (Plan::Any | Plan::Default | Plan::Keyed { .. }) => plan,
             _ => Plan::Unsupported("EXPLAIN of a statement that spans backends".into()),
@@ -347,6 +368,7 @@ fn plan_copy(
     source: &CopySource,
     to: bool,
     target: &sqlparser::ast::CopyTarget,
+    format: CopyFormat,
     tables: &Tables,
 ) -> Plan {
     let CopySource::Table {
@@ -381,13 +403,29 @@ fn plan_copy(
         ));
     }
     if to {
-        Plan::CopyOut { table: name }
-    } else {
-        Plan::CopyIn {
+        return Plan::CopyOut {
             table: name,
-            columns: columns.iter().map(ident_name).collect(),
-        }
+            header: format.header,
+        };
     }
+    let key = &tables.map.tables[&name].key;
+    let key_at = if columns.is_empty() {
+        None
+    } else {
+        match columns.iter().position(|c| ident_is(c, key)) {
+            Some(at) => Some(at),
+            None => {
+                return Plan::Unsupported(format!(
+                    "COPY into sharded table \"{name}\" must include its key column \"{key}\""
+                ))
+            }
+        }
+    };
+    Plan::CopyIn(CopyInto {
+        table: name,
+        key_at,
+        format,
+    })
 }
 
 /// Whether a query modifies data (a data-modifying WITH, or SELECT ... INTO).
@@ -465,6 +503,33 @@ fn outside_transactions(sql: &str) -> bool {
         "cluster" => words.len() == 1,
         _ => false,
     }
+}
+
+/// A COPY whose option list says ON/OFF, with TRUE/FALSE instead (`None`: not
+/// such a COPY).
+fn copy_booleans(sql: &str) -> Option<String> {
+    let lower = sql.to_ascii_lowercase();
+    if !lower.trim_start().starts_with("copy") {
+        return None;
+    }
+    let at = lower.rfind("with")?;
+    let mut out = sql[..at].to_string();
+    for (i, word) in sql[at..]
+        .split_inclusive(|c: char| !c.is_ascii_alphanumeric())
+        .enumerate()
+    {
+        let (token, rest) = word.split_at(
+            word.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+                .len(),
+        );
+        match token.to_ascii_lowercase().as_str() {
+            "on" if i > 0 => out.push_str("true"),
+            "off" if i > 0 => out.push_str("false"),
+            _ => out.push_str(token),
+        }
+        out.push_str(rest);
+    }
+    Some(out)
 }
 
 /// A statement the parser does not understand.
