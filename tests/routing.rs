@@ -342,8 +342,11 @@ async fn statements_that_need_merging_are_refused_clearly() {
     let proxy = common::proxy_client(cluster()).await;
     accounts(&proxy).await;
     for sql in [
-        "SELECT sum(abalance) FROM pgbench_accounts",
-        "SELECT aid FROM pgbench_accounts ORDER BY aid LIMIT 3",
+        "SELECT avg(abalance) FROM pgbench_accounts",
+        "SELECT bid, count(*) FROM pgbench_accounts GROUP BY bid HAVING count(*) > 1",
+        // Text sorts by the database's collation, which the proxy does not apply.
+        "SELECT filler FROM pgbench_accounts ORDER BY filler LIMIT 3",
+        "SELECT * FROM pgbench_accounts a JOIN pgbench_accounts b ON a.bid = b.aid",
         "SELECT * FROM pgbench_accounts WHERE aid IN (1, 2, 3, 4, 5, 6, 7, 8)",
     ] {
         let err = proxy.simple_query(sql).await.unwrap_err();
@@ -810,4 +813,72 @@ async fn keyless_reads_gather_rows_and_counts() {
         _ => None,
     });
     assert_eq!(tag, Some(ROWS as u64), "row counts summed");
+
+    // Aggregates, groups, order and limits over every backend, as one database
+    // would answer them.
+    proxy
+        .batch_execute("UPDATE pgbench_accounts SET abalance = aid % 7 - 2, bid = aid % 3")
+        .await
+        .unwrap();
+    let table = |sql: &str| {
+        let proxy = &proxy;
+        let sql = sql.to_owned();
+        async move {
+            let replies = proxy.simple_query(&sql).await.unwrap();
+            replies
+                .iter()
+                .filter_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => Some(
+                        (0..r.len())
+                            .map(|i| r.get(i).unwrap_or("NULL").to_owned())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ),
+                    _ => None,
+                })
+                .collect::<Vec<String>>()
+        }
+    };
+    let balance = |aid: i32| aid % 7 - 2;
+    let sum: i32 = (1..=ROWS).map(balance).sum();
+    assert_eq!(
+        table("SELECT sum(abalance), min(abalance), max(aid), count(*) FROM pgbench_accounts")
+            .await,
+        vec![format!("{sum},-2,{ROWS},{ROWS}")]
+    );
+    let groups: Vec<String> = (0..3)
+        .map(|bid| {
+            let aids: Vec<i32> = (1..=ROWS).filter(|a| a % 3 == bid).collect();
+            let s: i32 = aids.iter().map(|&a| balance(a)).sum();
+            format!("{bid},{},{s}", aids.len())
+        })
+        .rev()
+        .collect();
+    assert_eq!(
+        table("SELECT bid, count(*), sum(abalance) AS s FROM pgbench_accounts GROUP BY bid ORDER BY bid DESC").await,
+        groups
+    );
+    let mut ordered: Vec<(i32, i32)> = (1..=ROWS).map(|a| (balance(a), a)).collect();
+    ordered.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
+    let page: Vec<String> = ordered[3..8]
+        .iter()
+        .map(|(b, a)| format!("{a},{b}"))
+        .collect();
+    assert_eq!(
+        table(
+            "SELECT aid, abalance FROM pgbench_accounts ORDER BY abalance DESC, 1 LIMIT 5 OFFSET 3"
+        )
+        .await,
+        page
+    );
+    assert_eq!(
+        table("SELECT DISTINCT abalance FROM pgbench_accounts ORDER BY 1").await,
+        (-2..=4).map(|b| b.to_string()).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        table("SELECT aid FROM pgbench_accounts LIMIT 4")
+            .await
+            .len(),
+        4
+    );
 }

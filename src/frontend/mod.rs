@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod clients;
+pub mod combine;
 pub mod conn;
 pub mod params;
 pub mod pipeline;

@@ -4,6 +4,7 @@
 use super::hash::{Key, KeyType};
 use super::shardmap::{BackendId, ShardMap};
 use super::sql::lexer::Literal;
+use super::sql::merge::Bound;
 pub use super::sql::plan::CopyInto;
 pub use super::sql::plan::Merge;
 use super::sql::plan::{Plan, Source};
@@ -80,7 +81,7 @@ fn decide_plan(plan: &Plan, values: &Values, map: &ShardMap) -> Decision {
         Plan::Savepoint => Decision::Savepoint,
         Plan::Begin => Decision::Begin,
         Plan::Maintenance => Decision::Maintenance,
-        Plan::Scatter { merge, .. } => Decision::Scatter(merge.clone()),
+        Plan::Scatter { merge, .. } => scatter(merge, values),
         Plan::CopyIn(copy) => Decision::CopyIn(copy.clone()),
         Plan::CopyOut { header, .. } => Decision::CopyOut { header: *header },
         Plan::Unsupported(why) => Decision::Error(why.clone()),
@@ -161,6 +162,45 @@ fn decide_multi(plans: &[Plan], values: &Values, map: &ShardMap) -> Decision {
         }
     }
     target.map_or(Decision::Any, Decision::One)
+}
+
+/// A keyless read, its LIMIT and OFFSET read from the statement's values.
+fn scatter(merge: &Merge, values: &Values) -> Decision {
+    let Merge::Combine(combine) = merge else {
+        return Decision::Scatter(merge.clone());
+    };
+    let mut combine = combine.clone();
+    for bound in [&mut combine.limit, &mut combine.offset]
+        .into_iter()
+        .flatten()
+    {
+        if let Bound::Source(source) = bound {
+            match values.key(source, KeyType::Int) {
+                Ok(Some(Key::Int(n))) if n >= 0 => *bound = Bound::Value(n as u64),
+                // LIMIT NULL: no limit.
+                Ok(None) => *bound = Bound::Value(u64::MAX),
+                _ => {
+                    return Decision::Error("LIMIT and OFFSET must be non-negative integers".into())
+                }
+            }
+        }
+    }
+    let width = combine.columns.len();
+    for key in combine.order.iter_mut() {
+        if let Some(source) = key.position.take() {
+            match values.key(&source, KeyType::Int) {
+                Ok(Some(Key::Int(n))) if n >= 1 && (n as usize) <= width => {
+                    key.column = n as usize - 1
+                }
+                _ => {
+                    return Decision::Error(format!(
+                        "ORDER BY position is not in the select list (1 to {width})"
+                    ))
+                }
+            }
+        }
+    }
+    Decision::Scatter(Merge::Combine(combine))
 }
 
 /// `/* pgshard: key=VALUE */`: the backend owning VALUE, typed as the statement's

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::router::copy::CopyFormat;
+use crate::router::sql::merge::{Bound, Column, Combine, SortKey};
 use crate::router::sql::PlanCache;
 
 fn map() -> ShardMap {
@@ -251,15 +252,35 @@ fn inserts_split_rows_by_backend() {
 #[test]
 fn keyless_reads_scatter_and_keyless_writes_go_everywhere() {
     let m = &map();
+    let combine = |columns: Vec<Column>,
+                   grouped: bool,
+                   order: Vec<SortKey>,
+                   limit: Option<u64>,
+                   offset: Option<u64>| {
+        Decision::Scatter(Merge::Combine(Box::new(Combine {
+            columns,
+            grouped,
+            order,
+            limit: limit.map(Bound::Value),
+            offset: offset.map(Bound::Value),
+        })))
+    };
+    let by = |column: usize, descending: bool| SortKey {
+        column,
+        position: None,
+        descending,
+        nulls_first: descending,
+    };
+    use Column::{Count, Group, Max, Min, Sum};
     check(
         m,
         "SELECT count(*) FROM pgbench_accounts",
-        Decision::Scatter(Merge::Count),
+        combine(vec![Count], true, vec![], None, None),
     );
     check(
         m,
-        "SELECT count(*) AS n, count(bid) FROM pgbench_accounts WHERE abalance > 0",
-        Decision::Scatter(Merge::Count),
+        "SELECT count(*) AS n, sum(abalance), min(aid), max(aid) FROM pgbench_accounts WHERE abalance > 0",
+        combine(vec![Count, Sum, Min, Max], true, vec![], None, None),
     );
     check(
         m,
@@ -271,27 +292,60 @@ fn keyless_reads_scatter_and_keyless_writes_go_everywhere() {
         "SELECT aid, upper(filler) FROM pgbench_accounts WHERE abalance > 10",
         Decision::Scatter(Merge::Concat),
     );
+    check(
+        m,
+        "SELECT aid, abalance AS b FROM pgbench_accounts ORDER BY b DESC, 1 LIMIT 5 OFFSET 2",
+        combine(
+            vec![Group, Group],
+            false,
+            vec![by(1, true), by(0, false)],
+            Some(5),
+            Some(2),
+        ),
+    );
+    check(
+        m,
+        "SELECT bid, count(*), sum(abalance) FROM pgbench_accounts GROUP BY bid ORDER BY sum(abalance)",
+        combine(vec![Group, Count, Sum], true, vec![by(2, false)], None, None),
+    );
+    check(
+        m,
+        "SELECT DISTINCT bid FROM pgbench_accounts",
+        combine(vec![Group], true, vec![], None, None),
+    );
+    check(
+        m,
+        "SELECT * FROM pgbench_accounts LIMIT 3",
+        combine(vec![], false, vec![], Some(3), None),
+    );
     for (sql, why) in [
         (
-            "SELECT sum(abalance) FROM pgbench_accounts",
-            "aggregates other than count",
+            "SELECT avg(abalance) FROM pgbench_accounts",
+            "aggregates other than count, sum, min and max",
         ),
         (
             "SELECT count(DISTINCT bid) FROM pgbench_accounts",
-            "aggregates other than count",
+            "DISTINCT, FILTER or ORDER BY",
         ),
         (
             "SELECT count(*) + 1 FROM pgbench_accounts",
-            "aggregates other than count",
+            "aggregates inside expressions",
         ),
         (
-            "SELECT aid FROM pgbench_accounts ORDER BY aid LIMIT 5",
-            "ORDER BY / LIMIT",
+            "SELECT aid FROM pgbench_accounts ORDER BY abalance LIMIT 5",
+            "ORDER BY an expression not in the select list",
         ),
-        ("SELECT DISTINCT bid FROM pgbench_accounts", "DISTINCT"),
         (
-            "SELECT bid, count(*) FROM pgbench_accounts GROUP BY bid",
-            "GROUP BY",
+            "SELECT bid, count(*) FROM pgbench_accounts GROUP BY bid HAVING count(*) > 1",
+            "HAVING",
+        ),
+        (
+            "SELECT count(*) FROM pgbench_accounts GROUP BY bid",
+            "GROUP BY an expression not in the select list",
+        ),
+        (
+            "SELECT bid, count(*) FROM pgbench_accounts",
+            "columns outside aggregates",
         ),
         (
             "SELECT rank() OVER (ORDER BY aid) FROM pgbench_accounts",
@@ -300,6 +354,10 @@ fn keyless_reads_scatter_and_keyless_writes_go_everywhere() {
         (
             "SELECT aid FROM pgbench_accounts UNION SELECT 1",
             "set operation",
+        ),
+        (
+            "SELECT DISTINCT ON (bid) bid FROM pgbench_accounts",
+            "DISTINCT ON",
         ),
     ] {
         match run(m, sql, &[]) {
@@ -464,6 +522,14 @@ fn shapes_that_cannot_be_routed_get_clear_errors() {
         &[],
         "more than one sharded table",
     );
+    for sql in [
+        "SELECT * FROM pgbench_accounts a JOIN pgbench_accounts b ON a.bid = b.aid",
+        "SELECT * FROM pgbench_accounts a JOIN pgbench_accounts b ON a.bid = b.aid WHERE a.aid = 5",
+        "SELECT * FROM pgbench_accounts WHERE aid = 5 AND bid IN (SELECT aid FROM pgbench_accounts)",
+        "UPDATE pgbench_accounts SET abalance = (SELECT max(abalance) FROM pgbench_accounts) WHERE aid = 1",
+    ] {
+        check_error(m, sql, &[], "more than once");
+    }
     check_error(
         m,
         "SELECT * FROM pgbench_accounts WHERE aid = 1; SELECT * FROM pgbench_accounts",

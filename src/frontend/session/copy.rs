@@ -400,7 +400,7 @@ impl Session {
     }
 
     /// An error outside a transaction, with ReadyForQuery.
-    fn reply_error(&mut self, e: ClientError) {
+    pub(super) fn reply_error(&mut self, e: ClientError) {
         Stats::client_error(e.kind());
         let mut reply = BytesMut::new();
         e.write(&mut reply);

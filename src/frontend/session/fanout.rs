@@ -16,11 +16,13 @@ use super::Session;
 use crate::backend::pool::Guard;
 use crate::backend::server::ServerConn;
 use crate::error::ClientError;
+use crate::frontend::combine::combine;
 use crate::frontend::pipeline::Expect;
 use crate::frontend::statements::{self, Statement};
 use crate::protocol::messages;
 use crate::protocol::next_frame;
 use crate::router::decide::{Decision, Merge};
+use crate::router::sql::merge::{Bound, Combine};
 use crate::router::BackendId;
 use crate::stats::Stats;
 
@@ -38,16 +40,48 @@ impl Session {
     }
 
     /// A keyless read (a whole Query message) on every backend, outside any
-    /// transaction; `counts`: its columns are counts, summed into one row.
-    pub(super) async fn run_gather(&mut self, query: &Bytes, counts: bool) {
+    /// transaction, its replies merged as `merge` says.
+    pub(super) async fn run_gather(&mut self, query: &Bytes, merge: Merge) {
+        let Some((parts, merged)) = self.gather_parts(query, merge) else {
+            let e = ClientError::Unsupported(
+                "pgshard could not rewrite this read's LIMIT/OFFSET for every backend".into(),
+            );
+            return self.reply_error(e);
+        };
+        self.answer(parts, false, merged).await;
+    }
+
+    /// A keyless read for every backend: as sent, or with its OFFSET taken off and its
+    /// LIMIT raised to cover it (the proxy cuts the merged rows).
+    fn gather_parts(
+        &self,
+        query: &Bytes,
+        merge: Merge,
+    ) -> Option<(Vec<(BackendId, Request)>, Merged)> {
+        let backends = self.app.topology.load().pools.len();
+        let (bytes, merged) = match merge {
+            Merge::Combine(combine) => {
+                let bytes = match crate::router::split::scatter_limit(query_text(query)?, &combine)?
+                {
+                    Some(sql) => {
+                        let mut out = BytesMut::new();
+                        messages::query(&mut out, &sql);
+                        out.freeze()
+                    }
+                    None => query.clone(),
+                };
+                (bytes, Merged::Combine(combine))
+            }
+            _ => (query.clone(), Merged::Rows),
+        };
         let request = Request {
-            bytes: query.clone(),
+            bytes,
             statement: None,
         };
-        let backends = self.app.topology.load().pools.len();
-        let parts = (0..backends).map(|b| (b, request.clone())).collect();
-        let merge = if counts { Merged::Counts } else { Merged::Rows };
-        self.answer(parts, false, merge).await;
+        Some((
+            (0..backends).map(|b| (b, request.clone())).collect(),
+            merged,
+        ))
     }
 
     /// Runs one Query per backend, atomically.
@@ -200,8 +234,16 @@ impl Session {
             (0..backends).map(|b| (b, request(query.clone()))).collect()
         };
         let (parts, merged) = match decision {
-            Decision::All | Decision::Scatter(Merge::Concat) => (every(query), Merged::Rows),
-            Decision::Scatter(Merge::Count) => (every(query), Merged::Counts),
+            Decision::All => (every(query), Merged::Rows),
+            Decision::Scatter(merge @ (Merge::Concat | Merge::Combine(_))) => {
+                match self.gather_parts(query, merge) {
+                    Some(parts) => parts,
+                    None => {
+                        let why = "pgshard could not rewrite this read's LIMIT/OFFSET";
+                        return self.fail_transaction(ClientError::Unsupported(why.into()));
+                    }
+                }
+            }
             Decision::Many { backends, .. } => {
                 let parts = backends.into_iter().map(|b| (b, request(query.clone())));
                 (parts.collect(), Merged::Rows)
@@ -314,56 +356,29 @@ async fn run_on(
 fn reply_of(replies: &[Vec<Bytes>], merged: Merged) -> Result<BytesMut, ClientError> {
     match merged {
         Merged::Rows => Ok(merge(replies)),
-        Merged::Counts => sum_counts(replies)
-            .ok_or_else(|| ClientError::Unsupported("pgshard could not add up the counts".into())),
-    }
-}
-
-/// One row whose columns are each backend's counts added up (text format, as a
-/// simple Query returns them).
-fn sum_counts(replies: &[Vec<Bytes>]) -> Option<BytesMut> {
-    let mut totals: Vec<i64> = Vec::new();
-    for reply in replies {
-        let row = reply.iter().find(|f| f.first() == Some(&b'D'))?;
-        let values = messages::data_row_values(row.get(5..)?)?;
-        if totals.is_empty() {
-            totals = vec![0; values.len()];
-        }
-        if values.len() != totals.len() {
-            return None;
-        }
-        for (total, value) in totals.iter_mut().zip(values) {
-            let n: i64 = std::str::from_utf8(value?).ok()?.parse().ok()?;
-            *total = total.checked_add(n)?;
+        Merged::Combine(spec) => {
+            let bound = |b: &Option<Bound>| match b {
+                Some(Bound::Value(n)) => Ok(Some(*n)),
+                None => Ok(None),
+                Some(Bound::Source(_)) => Err(ClientError::Unsupported(
+                    "pgshard could not read this LIMIT/OFFSET".into(),
+                )),
+            };
+            let (limit, offset) = (bound(&spec.limit)?, bound(&spec.offset)?.unwrap_or(0));
+            combine(replies, &spec, limit, offset).map_err(|why| {
+                ClientError::Unsupported(format!("pgshard cannot merge this read: {why}"))
+            })
         }
     }
-    let first = replies.first()?;
-    let mut out = BytesMut::new();
-    for frame in first
-        .iter()
-        .filter(|f| matches!(f.first(), Some(b'T' | b'N')))
-    {
-        out.extend_from_slice(frame);
-    }
-    let at = messages::begin(&mut out, b'D');
-    out.extend_from_slice(&(totals.len() as i16).to_be_bytes());
-    for total in totals {
-        let text = total.to_string();
-        out.extend_from_slice(&(text.len() as i32).to_be_bytes());
-        out.extend_from_slice(text.as_bytes());
-    }
-    messages::finish(&mut out, at);
-    messages::command_complete(&mut out, "SELECT 1");
-    Some(out)
 }
 
 /// How the replies combine.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(super) enum Merged {
     /// Every backend's rows, row counts summed.
     Rows,
-    /// One row of counts, each summed.
-    Counts,
+    /// Rows combined: grouped, aggregated, ordered, limited.
+    Combine(Box<Combine>),
 }
 
 /// What a server runs.
@@ -390,6 +405,11 @@ impl Request {
         bytes.extend_from_slice(&self.bytes);
         (bytes.freeze(), true)
     }
+}
+
+/// The SQL of a Query message.
+fn query_text(query: &[u8]) -> Option<&str> {
+    std::str::from_utf8(query.get(5..)?.strip_suffix(b"\0")?).ok()
 }
 
 /// Servers that answered everything go back to their pools.

@@ -318,7 +318,7 @@ impl Session {
                 return false;
             }
             Target::Gather(merge) => {
-                self.run_gather(frame, merge == Merge::Count).await;
+                self.run_gather(frame, merge).await;
                 return false;
             }
             Target::Refuse(e) => e,
@@ -468,7 +468,7 @@ impl Session {
                 let query = Bytes::copy_from_slice(frame);
                 Target::Fanout(backends.into_iter().map(|b| (b, query.clone())).collect())
             }
-            Decision::Scatter(merge @ (Merge::Concat | Merge::Count)) if autocommit => {
+            Decision::Scatter(merge @ (Merge::Concat | Merge::Combine(_))) if autocommit => {
                 Target::Gather(merge)
             }
             Decision::Split(split) if autocommit => match split_query(frame, &split) {
@@ -601,7 +601,7 @@ fn spreads(decision: &Decision) -> bool {
         Decision::All
             | Decision::Many { .. }
             | Decision::Split(_)
-            | Decision::Scatter(Merge::Concat | Merge::Count)
+            | Decision::Scatter(Merge::Concat | Merge::Combine(_))
             | Decision::CopyIn(_)
             | Decision::CopyOut { .. }
     )

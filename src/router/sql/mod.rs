@@ -6,7 +6,7 @@
 pub mod cache;
 mod keys;
 pub mod lexer;
-mod merge;
+pub mod merge;
 pub mod plan;
 
 pub use cache::{Analyzed, PlanCache};

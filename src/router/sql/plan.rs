@@ -211,6 +211,8 @@ fn is_session(s: &Statement) -> bool {
 struct Tables<'m> {
     map: &'m ShardMap,
     sharded: BTreeSet<String>,
+    /// How many times sharded tables are named (a self-join names one twice).
+    sharded_refs: usize,
     reference: bool,
     /// A user table the map does not list (it lives on the default backend).
     unmapped: bool,
@@ -221,6 +223,7 @@ impl<'m> Tables<'m> {
         let mut tables = Tables {
             map,
             sharded: BTreeSet::new(),
+            sharded_refs: 0,
             reference: false,
             unmapped: false,
         };
@@ -228,6 +231,7 @@ impl<'m> Tables<'m> {
             let name = table_name(object);
             if map.tables.contains_key(&name) {
                 tables.sharded.insert(name);
+                tables.sharded_refs += 1;
             } else if map.reference_tables.contains(&name) {
                 tables.reference = true;
             } else if !is_catalog(object, &name) {
@@ -252,6 +256,11 @@ impl<'m> Tables<'m> {
         let mut it = self.sharded.iter();
         match (it.next(), it.next()) {
             (None, _) => Ok(None),
+            (Some(t), None) if self.sharded_refs > 1 => Err(Plan::Unsupported(format!(
+                "a statement that names sharded table \"{t}\" more than once (a self-join or \
+                 a subquery on it) is not supported: its rows would have to meet across \
+                 backends"
+            ))),
             (Some(t), None) => Ok(Some(t)),
             (Some(a), Some(b)) => Err(Plan::Unsupported(format!(
                 "a statement on more than one sharded table (\"{a}\", \"{b}\") is not \

@@ -1,0 +1,553 @@
+//! Rows of a keyless read from every backend made into the one answer PostgreSQL
+//! would give (`router::sql::merge::Combine`): grouped, aggregates folded (count,
+//! sum, min, max), ordered on output columns, cut to OFFSET/LIMIT. Pure: frames in,
+//! frames out; a value the proxy cannot compare or add is an error, never a guess.
+//!
+//! Values are in text format (a simple Query's). Ordering compares by each
+//! column's type: integers, numeric, floating point, bool, date and timestamp;
+//! text would need the database's collation and is refused.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::messages;
+use crate::router::sql::merge::{Column, Combine, SortKey};
+
+type Row = Vec<Option<Bytes>>;
+
+/// How a column's text values compare and add up, from its type OID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Int,
+    Numeric,
+    Float,
+    /// Values whose text sorts as they do (ISO dates and timestamps, bool's t/f).
+    Lexical,
+    /// Anything else: equality only.
+    Other,
+}
+
+fn kind_of(oid: i32) -> Kind {
+    match oid {
+        20 | 21 | 23 | 26 => Kind::Int,
+        1700 => Kind::Numeric,
+        700 | 701 => Kind::Float,
+        16 | 1082 | 1114 => Kind::Lexical,
+        _ => Kind::Other,
+    }
+}
+
+/// The combined reply (RowDescription, DataRows, CommandComplete) from each
+/// backend's reply frames, or why it cannot be made.
+pub fn combine(
+    replies: &[Vec<Bytes>],
+    spec: &Combine,
+    limit: Option<u64>,
+    offset: u64,
+) -> Result<BytesMut, String> {
+    let description = replies
+        .iter()
+        .flatten()
+        .find(|f| f.first() == Some(&b'T'))
+        .ok_or("a backend returned no rows description")?;
+    let kinds = column_kinds(description).ok_or("a malformed row description")?;
+    let mut rows: Vec<Row> = Vec::new();
+    for frame in replies
+        .iter()
+        .flatten()
+        .filter(|f| f.first() == Some(&b'D'))
+    {
+        let values = messages::data_row_values(frame.get(5..).unwrap_or_default())
+            .ok_or("a malformed data row")?;
+        if values.len() != kinds.len() {
+            return Err("rows of different widths".into());
+        }
+        rows.push(
+            values
+                .into_iter()
+                .map(|v| v.map(|v| frame.slice_ref(v)))
+                .collect(),
+        );
+    }
+    let columns: Vec<Column> = if spec.columns.is_empty() {
+        vec![Column::Group; kinds.len()]
+    } else if spec.columns.len() == kinds.len() {
+        spec.columns.clone()
+    } else {
+        return Err("a select list of unexpected width".into());
+    };
+    if spec.grouped {
+        rows = group(rows, &columns, &kinds)?;
+    }
+    if !spec.order.is_empty() {
+        for key in &spec.order {
+            let kind = kinds
+                .get(key.column)
+                .copied()
+                .ok_or("ORDER BY past the last column")?;
+            if matches!(kind, Kind::Other) {
+                return Err(
+                    "ORDER BY on a column of a type pgshard cannot compare (text needs \
+                            the database's collation)"
+                        .into(),
+                );
+            }
+        }
+        let mut failed = false;
+        rows.sort_by(|a, b| {
+            order(a, b, &spec.order, &kinds).unwrap_or_else(|| {
+                failed = true;
+                Ordering::Equal
+            })
+        });
+        if failed {
+            return Err("a value that does not read as its type".into());
+        }
+    }
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(rows.len());
+    let end = match limit {
+        Some(n) => start
+            .saturating_add(usize::try_from(n).unwrap_or(usize::MAX))
+            .min(rows.len()),
+        None => rows.len(),
+    };
+    let mut out = BytesMut::new();
+    out.extend_from_slice(description);
+    for row in &rows[start..end] {
+        let at = messages::begin(&mut out, b'D');
+        out.extend_from_slice(&(row.len() as i16).to_be_bytes());
+        for value in row {
+            match value {
+                Some(v) => {
+                    out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    out.extend_from_slice(v);
+                }
+                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        messages::finish(&mut out, at);
+    }
+    messages::command_complete(&mut out, &format!("SELECT {}", end - start));
+    Ok(out)
+}
+
+/// Each column's kind, from a RowDescription frame.
+fn column_kinds(frame: &[u8]) -> Option<Vec<Kind>> {
+    let payload = frame.get(5..)?;
+    let count = i16::from_be_bytes(payload.get(..2)?.try_into().ok()?);
+    let mut at = 2;
+    let mut kinds = Vec::with_capacity(count.max(0) as usize);
+    for _ in 0..count {
+        let name_end = payload.get(at..)?.iter().position(|&b| b == 0)?;
+        at += name_end + 1;
+        // table oid (4), attnum (2), type oid (4), typlen (2), typmod (4), format (2)
+        let oid = i32::from_be_bytes(payload.get(at + 6..at + 10)?.try_into().ok()?);
+        kinds.push(kind_of(oid));
+        at += 18;
+    }
+    Some(kinds)
+}
+
+/// Rows with equal grouping values combined, aggregates folded; first-seen order.
+fn group(rows: Vec<Row>, columns: &[Column], kinds: &[Kind]) -> Result<Vec<Row>, String> {
+    let mut out: Vec<Row> = Vec::new();
+    let mut index: HashMap<Vec<Option<Bytes>>, usize> = HashMap::new();
+    for row in rows {
+        let key: Vec<Option<Bytes>> = columns
+            .iter()
+            .zip(&row)
+            .filter(|(c, _)| **c == Column::Group)
+            .map(|(_, v)| v.clone())
+            .collect();
+        let Some(&at) = index.get(&key) else {
+            index.insert(key, out.len());
+            out.push(row);
+            continue;
+        };
+        let target = &mut out[at];
+        for (i, column) in columns.iter().enumerate() {
+            let folded = fold(*column, kinds[i], target[i].take(), row[i].clone())?;
+            target[i] = folded;
+        }
+    }
+    Ok(out)
+}
+
+/// Two partial values of one aggregate column folded into one.
+fn fold(
+    column: Column,
+    kind: Kind,
+    a: Option<Bytes>,
+    b: Option<Bytes>,
+) -> Result<Option<Bytes>, String> {
+    let (a, b) = match (a, b) {
+        (None, other) | (other, None) => return Ok(other),
+        (Some(a), Some(b)) => (a, b),
+    };
+    match column {
+        Column::Group => Ok(Some(a)),
+        Column::Count | Column::Sum => add(kind, &a, &b)
+            .map(|v| Some(Bytes::from(v)))
+            .ok_or_else(|| "pgshard could not add up an aggregate's partial values".to_string()),
+        Column::Min | Column::Max => {
+            let ordering = compare(kind, &a, &b).ok_or_else(|| {
+                "min/max of a type pgshard cannot compare across backends (text needs the \
+                 database's collation)"
+                    .to_string()
+            })?;
+            let a_wins = (ordering == Ordering::Greater) == (column == Column::Max);
+            Ok(Some(if a_wins || ordering == Ordering::Equal {
+                a
+            } else {
+                b
+            }))
+        }
+    }
+}
+
+fn order(a: &Row, b: &Row, keys: &[SortKey], kinds: &[Kind]) -> Option<Ordering> {
+    for key in keys {
+        let ordering = match (&a[key.column], &b[key.column]) {
+            (None, None) => Ordering::Equal,
+            (None, Some(_)) => {
+                return Some(if key.nulls_first {
+                    Ordering::Less
+                } else {
+                    Ordering::Greater
+                })
+            }
+            (Some(_), None) => {
+                return Some(if key.nulls_first {
+                    Ordering::Greater
+                } else {
+                    Ordering::Less
+                })
+            }
+            (Some(x), Some(y)) => {
+                let o = compare(kinds[key.column], x, y)?;
+                if key.descending {
+                    o.reverse()
+                } else {
+                    o
+                }
+            }
+        };
+        if ordering != Ordering::Equal {
+            return Some(ordering);
+        }
+    }
+    Some(Ordering::Equal)
+}
+
+fn text(v: &[u8]) -> Option<&str> {
+    std::str::from_utf8(v).ok().map(str::trim)
+}
+
+fn compare(kind: Kind, a: &[u8], b: &[u8]) -> Option<Ordering> {
+    match kind {
+        Kind::Int => Some(
+            text(a)?
+                .parse::<i128>()
+                .ok()?
+                .cmp(&text(b)?.parse::<i128>().ok()?),
+        ),
+        Kind::Float => {
+            // PostgreSQL sorts NaN above every other value; total_cmp puts it there too
+            // (for positive NaN, which is what the text "NaN" reads as).
+            let x: f64 = text(a)?.parse().ok()?;
+            let y: f64 = text(b)?.parse().ok()?;
+            Some(x.total_cmp(&y))
+        }
+        Kind::Numeric => compare_numeric(text(a)?, text(b)?),
+        Kind::Lexical => Some(a.cmp(b)),
+        Kind::Other => None,
+    }
+}
+
+/// A numeric's text as sign, integer digits (no leading zeros) and fraction digits
+/// (no trailing zeros); `None` for NaN or anything else.
+fn decimal(s: &str) -> Option<(bool, &str, &str)> {
+    let (negative, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().all(|c| c.is_ascii_digit())
+        || !frac.bytes().all(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    let zero = int.is_empty() && frac.is_empty();
+    Some((negative && !zero, int, frac))
+}
+
+fn compare_numeric(a: &str, b: &str) -> Option<Ordering> {
+    // NaN is above every number, and equal to itself.
+    match (a == "NaN", b == "NaN") {
+        (true, true) => return Some(Ordering::Equal),
+        (true, false) => return Some(Ordering::Greater),
+        (false, true) => return Some(Ordering::Less),
+        _ => {}
+    }
+    let (na, ia, fa) = decimal(a)?;
+    let (nb, ib, fb) = decimal(b)?;
+    let magnitude = ia
+        .len()
+        .cmp(&ib.len())
+        .then_with(|| ia.cmp(ib))
+        .then_with(|| fa.cmp(fb));
+    Some(match (na, nb) {
+        (false, true) => Ordering::Greater,
+        (true, false) => Ordering::Less,
+        (false, false) => magnitude,
+        (true, true) => magnitude.reverse(),
+    })
+}
+
+/// `a + b` as text, for a count or sum column of `kind`.
+fn add(kind: Kind, a: &[u8], b: &[u8]) -> Option<String> {
+    match kind {
+        Kind::Int => {
+            let sum = text(a)?
+                .parse::<i128>()
+                .ok()?
+                .checked_add(text(b)?.parse::<i128>().ok()?)?;
+            Some(sum.to_string())
+        }
+        Kind::Float => {
+            let sum = text(a)?.parse::<f64>().ok()? + text(b)?.parse::<f64>().ok()?;
+            Some(float_text(sum))
+        }
+        Kind::Numeric => add_numeric(text(a)?, text(b)?),
+        Kind::Lexical | Kind::Other => None,
+    }
+}
+
+/// A float8 as PostgreSQL prints it (shortest exact form; NaN, Infinity).
+fn float_text(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// The sum of two numerics, with the larger of their scales (as PostgreSQL's sum).
+fn add_numeric(a: &str, b: &str) -> Option<String> {
+    if a == "NaN" || b == "NaN" {
+        return Some("NaN".into());
+    }
+    let scale_of = |s: &str| s.split_once('.').map_or(0, |(_, f)| f.len());
+    let scale = scale_of(a).max(scale_of(b));
+    let scaled = |s: &str| -> Option<i128> {
+        let (negative, digits) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        let mut text = String::with_capacity(int.len() + scale);
+        text.push_str(int);
+        text.push_str(frac);
+        text.extend(std::iter::repeat_n('0', scale - frac.len()));
+        let value: i128 = text.parse().ok()?;
+        Some(if negative { -value } else { value })
+    };
+    let sum = scaled(a)?.checked_add(scaled(b)?)?;
+    let negative = sum < 0;
+    let digits = sum.unsigned_abs().to_string();
+    let digits = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = digits.split_at(digits.len() - scale);
+    let mut out = String::new();
+    if negative {
+        out.push('-');
+    }
+    out.push_str(int);
+    if scale > 0 {
+        out.push('.');
+        out.push_str(frac);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::sql::merge::Combine;
+
+    fn description(types: &[i32]) -> Bytes {
+        let mut out = BytesMut::new();
+        let at = messages::begin(&mut out, b'T');
+        out.extend_from_slice(&(types.len() as i16).to_be_bytes());
+        for (i, oid) in types.iter().enumerate() {
+            out.extend_from_slice(format!("c{i}\0").as_bytes());
+            out.extend_from_slice(&0i32.to_be_bytes());
+            out.extend_from_slice(&0i16.to_be_bytes());
+            out.extend_from_slice(&oid.to_be_bytes());
+            out.extend_from_slice(&0i16.to_be_bytes());
+            out.extend_from_slice(&(-1i32).to_be_bytes());
+            out.extend_from_slice(&0i16.to_be_bytes());
+        }
+        messages::finish(&mut out, at);
+        out.freeze()
+    }
+
+    fn row(values: &[Option<&str>]) -> Bytes {
+        let mut out = BytesMut::new();
+        let at = messages::begin(&mut out, b'D');
+        out.extend_from_slice(&(values.len() as i16).to_be_bytes());
+        for v in values {
+            match v {
+                Some(v) => {
+                    out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    out.extend_from_slice(v.as_bytes());
+                }
+                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        messages::finish(&mut out, at);
+        out.freeze()
+    }
+
+    fn rows_of(reply: &[u8]) -> Vec<Vec<Option<String>>> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Ok(Some(info)) = crate::protocol::next_frame(&reply[at..]) {
+            let frame = &reply[at..at + info.len];
+            if info.tag == b'D' {
+                let values = messages::data_row_values(&frame[5..]).unwrap();
+                out.push(
+                    values
+                        .into_iter()
+                        .map(|v| v.map(|v| String::from_utf8_lossy(v).into_owned()))
+                        .collect(),
+                );
+            }
+            at += info.len;
+        }
+        out
+    }
+
+    fn spec(columns: Vec<Column>, grouped: bool, order: Vec<SortKey>) -> Combine {
+        Combine {
+            columns,
+            grouped,
+            order,
+            limit: None,
+            offset: None,
+        }
+    }
+
+    #[test]
+    fn aggregates_fold_per_group_and_order_by_them() {
+        // SELECT bid, count(*), sum(abalance), min(x), max(x) ... GROUP BY bid ORDER BY 3 DESC
+        let d = description(&[23, 20, 1700, 701, 701]);
+        let a = vec![
+            d.clone(),
+            row(&[Some("1"), Some("2"), Some("10.5"), Some("1.5"), Some("3")]),
+            row(&[Some("2"), Some("1"), None, Some("7"), Some("7")]),
+        ];
+        let b = vec![
+            d.clone(),
+            row(&[Some("1"), Some("3"), Some("-0.25"), Some("-2"), Some("2")]),
+            row(&[Some("3"), Some("1"), Some("100"), None, None]),
+        ];
+        let columns = vec![
+            Column::Group,
+            Column::Count,
+            Column::Sum,
+            Column::Min,
+            Column::Max,
+        ];
+        let order = vec![SortKey {
+            position: None,
+            column: 2,
+            descending: true,
+            nulls_first: true,
+        }];
+        let out = combine(&[a, b], &spec(columns, true, order), None, 0).unwrap();
+        let rows = rows_of(&out);
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            rows,
+            vec![
+                vec![s("2"), s("1"), None, s("7"), s("7")],
+                vec![s("3"), s("1"), s("100"), None, None],
+                vec![s("1"), s("5"), s("10.25"), s("-2"), s("3")],
+            ]
+        );
+    }
+
+    #[test]
+    fn order_limit_offset_over_every_backend() {
+        let d = description(&[23]);
+        let a = vec![
+            d.clone(),
+            row(&[Some("5")]),
+            row(&[Some("1")]),
+            row(&[None]),
+        ];
+        let b = vec![d.clone(), row(&[Some("3")]), row(&[Some("10")])];
+        let order = vec![SortKey {
+            position: None,
+            column: 0,
+            descending: false,
+            nulls_first: false,
+        }];
+        let out = combine(
+            &[a, b],
+            &spec(vec![Column::Group], false, order),
+            Some(2),
+            1,
+        )
+        .unwrap();
+        let got: Vec<_> = rows_of(&out).into_iter().map(|r| r[0].clone()).collect();
+        assert_eq!(got, vec![Some("3".to_string()), Some("5".to_string())]);
+        assert!(out.ends_with(b"SELECT 2\0"));
+    }
+
+    #[test]
+    fn what_cannot_be_compared_is_an_error() {
+        let d = description(&[25]);
+        let a = vec![d.clone(), row(&[Some("b")])];
+        let b = vec![d, row(&[Some("a")])];
+        let order = vec![SortKey {
+            position: None,
+            column: 0,
+            descending: false,
+            nulls_first: false,
+        }];
+        let err = combine(
+            &[a.clone(), b.clone()],
+            &spec(vec![Column::Group], false, order),
+            None,
+            0,
+        );
+        assert!(err.unwrap_err().contains("collation"));
+        let err = combine(&[a, b], &spec(vec![Column::Max], true, vec![]), None, 0);
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn numerics_add_and_compare_exactly() {
+        assert_eq!(add_numeric("1.10", "2.005").as_deref(), Some("3.105"));
+        assert_eq!(add_numeric("-1.5", "1").as_deref(), Some("-0.5"));
+        assert_eq!(add_numeric("-0.25", "0.25").as_deref(), Some("0.00"));
+        assert_eq!(
+            add_numeric("99999999999999999999", "1").as_deref(),
+            Some("100000000000000000000")
+        );
+        assert_eq!(compare_numeric("-2", "-10"), Some(Ordering::Greater));
+        assert_eq!(compare_numeric("0.50", "0.5"), Some(Ordering::Equal));
+        assert_eq!(compare_numeric("NaN", "1e9"), Some(Ordering::Greater));
+        assert_eq!(compare_numeric("abc", "1"), None);
+    }
+}
