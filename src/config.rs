@@ -78,6 +78,8 @@ struct RawConfig {
     checkout_timeout_ms: u64,
     #[serde(default = "default_startup_timeout_ms")]
     startup_timeout_ms: u64,
+    #[serde(default = "default_recovery_interval_ms")]
+    two_phase_recovery_interval_ms: u64,
     #[serde(default)]
     users: Vec<User>,
 }
@@ -96,6 +98,9 @@ fn default_checkout_timeout_ms() -> u64 {
 }
 fn default_startup_timeout_ms() -> u64 {
     limits::STARTUP_TIMEOUT.as_millis() as u64
+}
+fn default_recovery_interval_ms() -> u64 {
+    limits::TWO_PHASE_RECOVERY_INTERVAL.as_millis() as u64
 }
 
 /// The name of the admin console's database.
@@ -120,6 +125,8 @@ pub struct Config {
     pub checkout_timeout: Duration,
     /// How long a new client may take to log in.
     pub startup_timeout: Duration,
+    /// How often prepared transactions left by two-phase commits are resolved.
+    pub two_phase_recovery_interval: Duration,
     pub users: Vec<User>,
 }
 
@@ -165,6 +172,13 @@ impl Config {
         if raw.startup_timeout_ms == 0 {
             return Err(invalid("startup_timeout_ms", "must be above 0".into()));
         }
+        if raw.two_phase_recovery_interval_ms < 100 {
+            let msg = format!(
+                "must be at least 100, got {}",
+                raw.two_phase_recovery_interval_ms
+            );
+            return Err(invalid("two_phase_recovery_interval_ms", msg));
+        }
         if raw.database.is_empty() || raw.database == ADMIN_DATABASE {
             let msg = format!("must be a name other than \"{ADMIN_DATABASE}\" (the admin console)");
             return Err(invalid("database", msg));
@@ -182,6 +196,7 @@ impl Config {
             pipeline_depth: raw.pipeline_depth,
             checkout_timeout: Duration::from_millis(raw.checkout_timeout_ms),
             startup_timeout: Duration::from_millis(raw.startup_timeout_ms),
+            two_phase_recovery_interval: Duration::from_millis(raw.two_phase_recovery_interval_ms),
             users: raw.users,
         })
     }

@@ -60,5 +60,9 @@ pub const PLAN_CACHE_MAX: usize = 10_000;
 /// A prepared transaction with no logged decision is rolled back once this old (a live
 /// coordinator decides within milliseconds).
 pub const TWO_PHASE_ABORT_AFTER: Duration = Duration::from_secs(60);
-/// How often prepared transactions left by two-phase commits are looked for.
+/// Server connections tried for a transaction's BEGIN when pooled ones turn out
+/// dead.
+pub const BEGIN_ATTEMPTS: usize = 3;
+/// How often prepared transactions left by two-phase commits are looked for (the
+/// default of `two_phase_recovery_interval_ms`).
 pub const TWO_PHASE_RECOVERY_INTERVAL: Duration = Duration::from_secs(30);

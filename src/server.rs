@@ -7,7 +7,6 @@ use tokio::net::TcpListener;
 
 use crate::app::App;
 use crate::config::Config;
-use crate::limits;
 use crate::router::ShardMap;
 use crate::stats::Stats;
 
@@ -89,7 +88,7 @@ async fn recover_two_phase(app: Arc<App>) {
             Err(e) => tracing::warn!(error = %e, "two-phase recovery failed; will retry"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(limits::TWO_PHASE_RECOVERY_INTERVAL) => {}
+            _ = tokio::time::sleep(app.config.two_phase_recovery_interval) => {}
             _ = app.shutdown.cancelled() => return,
         }
     }

@@ -312,31 +312,47 @@ impl Session {
     async fn attach(&mut self, id: BackendId) -> Result<(), ClientError> {
         let topology = self.app.topology.load();
         let pool = topology.pool(id).clone();
-        let mut server = self.checkout(&pool).await?;
         self.touched = false;
-        match self.deferred_begin.take() {
+        let server = match self.deferred_begin.take() {
             // The BEGIN the client was already told about.
             Some(begin) => {
                 self.begin = Some(begin.clone());
-                let failed = match server.exchange(&begin).await {
-                    Ok(frames) => frames.iter().any(|f| f.first() == Some(&b'E')),
-                    Err(_) => true,
-                };
-                if failed {
-                    server.broken = true;
-                    return Err(ClientError::ServerLost(pool.backend.to_string()));
-                }
+                self.checkout_begun(&pool, &begin).await?
             }
             None => {
                 self.begin = None;
                 self.pipeline.tx_status = b'I';
+                self.checkout(&pool).await?
             }
-        }
+        };
         self.unnamed_here = false;
         self.info.attach(&pool.backend, &server.cancel);
         self.server = Some(server);
         self.backend = Some(id);
         Ok(())
+    }
+
+    /// A server from `pool` that has run `begin`. A pooled connection may have died
+    /// while idle (terminated by an admin, a restart) without the pool seeing it
+    /// yet: nothing of the transaction ran there, so another is tried.
+    async fn checkout_begun(
+        &mut self,
+        pool: &std::sync::Arc<Pool>,
+        begin: &Bytes,
+    ) -> Result<Guard, ClientError> {
+        for _ in 0..limits::BEGIN_ATTEMPTS {
+            let mut server = self.checkout(pool).await?;
+            match server.exchange(begin).await {
+                Ok(frames) if frames.iter().any(|f| f.first() == Some(&b'E')) => {
+                    server.broken = true;
+                    break;
+                }
+                Ok(_) => return Ok(server),
+                // The connection failed: `exchange` marked it broken.
+                Err(_) => {}
+            }
+        }
+        Err(ClientError::ServerLost(pool.backend.to_string()))
     }
 
     /// Gives the server this client's session parameters (one round trip, only when

@@ -86,7 +86,6 @@ impl Session {
             return Ok(self.parked.swap_remove(at).1);
         }
         let pool = self.app.topology.load().pool(backend).clone();
-        let mut server = self.checkout(&pool).await?;
         let begin = match (&self.begin, &self.deferred_begin) {
             (Some(begin), _) | (None, Some(begin)) => begin.clone(),
             (None, None) => {
@@ -95,15 +94,7 @@ impl Session {
                 query.freeze()
             }
         };
-        let began = match server.exchange(&begin).await {
-            Ok(frames) => !frames.iter().any(|f| f.first() == Some(&b'E')),
-            Err(_) => false,
-        };
-        if !began {
-            server.broken = true;
-            return Err(ClientError::ServerLost(pool.backend.to_string()));
-        }
-        Ok(server)
+        self.checkout_begun(&pool, &begin).await
     }
 
     /// Makes `server` (on `backend`) the attached one.
