@@ -277,6 +277,31 @@ async fn a_transaction_across_backends_commits_or_rolls_back_everywhere() {
     proxy.batch_execute("COMMIT").await.unwrap();
     assert_eq!(balance_direct(backend_of(&map, a), a).await, Some(6));
     assert_eq!(balance_direct(backend_of(&map, b), b).await, Some(6));
+    // The same for the statement that would make it span: COMMIT in its query
+    // string would end the transaction on one backend only.
+    proxy.batch_execute("BEGIN").await.unwrap();
+    proxy.batch_execute(&update(a, 7)).await.unwrap();
+    let err = proxy
+        .batch_execute(&format!("{}; COMMIT", update(b, 7)))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some("0A000"), "{err}");
+    proxy.batch_execute("COMMIT").await.unwrap();
+    // A savepoint, or SET LOCAL, keeps a transaction on its backend.
+    for pin in [
+        "SAVEPOINT s",
+        "SET LOCAL work_mem = '8MB'",
+        "SET TRANSACTION READ ONLY",
+    ] {
+        proxy.batch_execute("BEGIN").await.unwrap();
+        proxy.batch_execute(&update(a, 7)).await.unwrap();
+        proxy.batch_execute(pin).await.unwrap();
+        let err = proxy.batch_execute(&update(b, 7)).await.unwrap_err();
+        assert_eq!(code(&err), Some("0A000"), "{pin}: {err}");
+        proxy.batch_execute("ROLLBACK").await.unwrap();
+    }
+    assert_eq!(balance_direct(backend_of(&map, a), a).await, Some(6));
+    assert_eq!(balance_direct(backend_of(&map, b), b).await, Some(6));
     assert_eq!(prepared_left().await, 0);
 }
 

@@ -23,7 +23,8 @@ enum Kind {
     Int,
     Numeric,
     Float,
-    /// Values whose text sorts as they do (ISO dates and timestamps, bool's t/f).
+    /// Values whose text sorts as they do (bool's f/t). Dates and timestamps are
+    /// not: their text follows the client's DateStyle.
     Lexical,
     /// Anything else: equality only.
     Other,
@@ -34,7 +35,7 @@ fn kind_of(oid: i32) -> Kind {
         20 | 21 | 23 | 26 => Kind::Int,
         1700 => Kind::Numeric,
         700 | 701 => Kind::Float,
-        16 | 1082 | 1114 => Kind::Lexical,
+        16 => Kind::Lexical,
         _ => Kind::Other,
     }
 }
@@ -160,8 +161,9 @@ fn group(rows: Vec<Row>, columns: &[Column], kinds: &[Kind]) -> Result<Vec<Row>,
         let key: Vec<Option<Bytes>> = columns
             .iter()
             .zip(&row)
-            .filter(|(c, _)| **c == Column::Group)
-            .map(|(_, v)| v.clone())
+            .zip(kinds)
+            .filter(|((c, _), _)| **c == Column::Group)
+            .map(|((_, v), kind)| group_value(*kind, v))
             .collect();
         let Some(&at) = index.get(&key) else {
             index.insert(key, out.len());
@@ -175,6 +177,19 @@ fn group(rows: Vec<Row>, columns: &[Column], kinds: &[Kind]) -> Result<Vec<Row>,
         }
     }
     Ok(out)
+}
+
+/// A grouping value as PostgreSQL compares it: numerics by value (`1.0` = `1.00`),
+/// the rest by their text.
+fn group_value(kind: Kind, value: &Option<Bytes>) -> Option<Bytes> {
+    let v = value.as_ref()?;
+    if kind == Kind::Numeric {
+        if let Some((negative, int, frac)) = text(v).and_then(decimal) {
+            let sign = if negative { "-" } else { "" };
+            return Some(Bytes::from(format!("{sign}{int}.{frac}")));
+        }
+    }
+    Some(v.clone())
 }
 
 /// Two partial values of one aggregate column folded into one.
@@ -534,6 +549,29 @@ mod tests {
         assert!(err.unwrap_err().contains("collation"));
         let err = combine(&[a, b], &spec(vec![Column::Max], true, vec![]), None, 0);
         assert!(err.is_err());
+        // Dates print in the client's DateStyle: not compared as text.
+        let d = description(&[1082]);
+        let a = vec![d.clone(), row(&[Some("31/01/2024")])];
+        let b = vec![d, row(&[Some("01/02/2023")])];
+        assert!(combine(&[a, b], &spec(vec![Column::Min], true, vec![]), None, 0).is_err());
+    }
+
+    #[test]
+    fn numeric_groups_match_by_value() {
+        let d = description(&[1700, 20]);
+        let a = vec![d.clone(), row(&[Some("1.0"), Some("2")])];
+        let b = vec![d, row(&[Some("1.00"), Some("3")])];
+        let out = combine(
+            &[a, b],
+            &spec(vec![Column::Group, Column::Count], true, vec![]),
+            None,
+            0,
+        );
+        let rows = rows_of(&out.unwrap());
+        assert_eq!(
+            rows,
+            vec![vec![Some("1.0".to_string()), Some("5".to_string())]]
+        );
     }
 
     #[test]

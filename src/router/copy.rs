@@ -100,7 +100,9 @@ impl CopyFormat {
 }
 
 fn unsupported_format(name: &str) -> String {
-    format!("COPY into a sharded table in format {name}: pgshard splits text and csv only")
+    format!(
+        "COPY of a sharded table in format {name}: pgshard splits and gathers text and csv only"
+    )
 }
 
 /// Cuts a COPY data stream into rows and hands each to its key's backend.

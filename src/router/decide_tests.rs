@@ -482,12 +482,12 @@ fn session_statements_copy_and_hints() {
         &[],
         "must include its key column \"aid\"",
     );
-    check_error(
-        m,
+    for sql in [
         "copy pgbench_accounts from stdin with (format binary)",
-        &[],
-        "text and csv only",
-    );
+        "copy pgbench_accounts to stdout with (format binary)",
+    ] {
+        check_error(m, sql, &[], "text and csv only");
+    }
     check(
         m,
         "COPY pgbench_accounts TO STDOUT",

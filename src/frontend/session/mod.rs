@@ -70,6 +70,8 @@ pub struct Session {
     /// The current extended batch so far is only Parses kept by the proxy: nothing
     /// of it went to the server yet.
     batch_deferred: bool,
+    /// What keeps the current transaction on its backend (a savepoint, a SET).
+    pinned: Option<&'static str>,
 }
 
 /// A client's unnamed statement: its Parse message as sent, and what it changes.
@@ -114,6 +116,7 @@ impl Session {
             parked: Vec::new(),
             answering: None,
             batch_deferred: false,
+            pinned: None,
         }
     }
 

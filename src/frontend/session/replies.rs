@@ -77,6 +77,7 @@ impl Session {
     pub(super) fn on_ready(&mut self, status: u8) {
         if status == b'I' {
             self.drop_parked();
+            self.pinned = None;
         }
         if self.pipeline.is_empty() {
             if let Some(started) = self.request_started.take() {
@@ -177,6 +178,7 @@ impl Session {
         // The rest of a transaction spanning backends goes too (discarded, so
         // PostgreSQL rolls it back).
         self.parked.clear();
+        self.pinned = None;
         let backend = server.pool().backend.to_string();
         tracing::warn!(%backend, reason = reason.as_deref().unwrap_or("closed"), "server connection lost");
         metrics::counter!("pgshard_backend_errors_total", "backend" => backend.clone(), "kind" => "lost").increment(1);

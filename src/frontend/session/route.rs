@@ -80,6 +80,10 @@ impl Session {
     /// bytes: a Query, Bind or Parse) may go to it.
     pub(super) fn check_attached(&mut self, tag: u8, len: usize, map: &ShardMap) -> Attached {
         let backend = self.backend.unwrap_or(map.default_backend);
+        if self.pipeline.skip_until_sync {
+            // Skipped up to Sync, as the server would.
+            return Attached::Fits;
+        }
         if tag == b'P' {
             if self.pipeline.tx_status == b'T' && (!self.pipeline.unsynced || self.batch_deferred) {
                 return Attached::DeferParse;
@@ -106,12 +110,18 @@ impl Session {
                 Err(wait) => wait,
             };
         }
+        let savepoint = decision == Some(Decision::Savepoint);
+        if savepoint && self.spanning() {
+            // Even in a failed transaction: ROLLBACK TO would recover one backend only.
+            return Attached::Mismatch(savepoints_refused());
+        }
         // In a failed transaction the server refuses everything itself.
         if self.pipeline.tx_status == b'E' {
             return Attached::Fits;
         }
+        let refusal = self.one_backend_only(tag, len, map);
         if self.spanning() {
-            if let Some(why) = self.one_backend_only(tag, len, decision.as_ref(), map) {
+            if let Some(why) = refusal {
                 return Attached::Mismatch(why);
             }
         }
@@ -125,6 +135,9 @@ impl Session {
             Some(_) => false,
         };
         if fits {
+            if self.pipeline.tx_status == b'T' && self.pinned.is_none() {
+                self.pinned = self.pins_transaction(tag, len, savepoint);
+            }
             return Attached::Fits;
         }
         self.pipeline.flush_synthetic(&mut self.conn.wbuf);
@@ -139,10 +152,19 @@ impl Session {
         if let Err(wait) = self.boundary() {
             return wait;
         }
-        if !self.pending.is_empty() {
+        if let Some(why) = refusal {
+            return Attached::Mismatch(why);
+        }
+        let pinned = match (&self.pinned, &self.begin) {
+            _ if !self.pending.is_empty() => Some("changed settings"),
+            (Some(why), _) => Some(*why),
+            (None, None) => Some("began inside a multi-statement query"),
+            (None, Some(_)) => None,
+        };
+        if let Some(why) = pinned {
             return Attached::Mismatch(format!(
-                "this transaction changed settings on backend \"{}\", and they would not \
-                 hold on the other backends a statement now needs",
+                "this transaction {why} on backend \"{}\", which would not hold on the other \
+                 backends a statement now needs: it cannot span backends",
                 map.backends[backend].name
             ));
         }
@@ -176,21 +198,27 @@ impl Session {
         ))
     }
 
-    /// Why a statement cannot run once the transaction spans backends, if so.
-    fn one_backend_only(
-        &self,
-        tag: u8,
-        len: usize,
-        decision: Option<&Decision>,
-        map: &ShardMap,
-    ) -> Option<String> {
-        if decision == Some(&Decision::Savepoint) {
-            return Some(
-                "savepoints and COMMIT/ROLLBACK AND CHAIN are not supported in a transaction \
-                 that spans backends"
-                    .into(),
-            );
+    /// What in this transaction (a statement that fits the attached server) keeps
+    /// it on that backend: a savepoint, or a SET of any kind (SET LOCAL, SET
+    /// TRANSACTION, SET CONSTRAINTS hold for the transaction on one server).
+    fn pins_transaction(&self, tag: u8, len: usize, savepoint: bool) -> Option<&'static str> {
+        if savepoint {
+            return Some("has a savepoint");
         }
+        let sql = match tag {
+            b'Q' => std::str::from_utf8(self.conn.rbuf.get(5..len)?).ok()?,
+            _ => self.bound_sql(self.conn.rbuf.get(5..len)?, None)?,
+        };
+        let first = sql
+            .trim_start()
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .next()?;
+        first.eq_ignore_ascii_case("set").then_some("ran SET")
+    }
+
+    /// Why a statement cannot run in a transaction that spans backends (or is about
+    /// to), if so.
+    fn one_backend_only(&self, tag: u8, len: usize, map: &ShardMap) -> Option<String> {
         if tag != b'Q' {
             let statement = self.bound_statement(&self.conn.rbuf[5..len])?;
             return (!statement.is_empty()).then(changes_settings);
@@ -605,6 +633,12 @@ fn spreads(decision: &Decision) -> bool {
             | Decision::CopyIn(_)
             | Decision::CopyOut { .. }
     )
+}
+
+fn savepoints_refused() -> String {
+    "savepoints and COMMIT/ROLLBACK AND CHAIN are not supported in a transaction that \
+     spans backends"
+        .into()
 }
 
 fn changes_settings() -> String {

@@ -175,6 +175,7 @@ impl Session {
         self.begin = None;
         self.deferred_begin = None;
         self.touched = false;
+        self.pinned = None;
         self.pipeline.tx_status = b'I';
         let mut reply = BytesMut::new();
         let default = self.app.topology.load().map.default_backend;
@@ -294,6 +295,7 @@ impl Session {
         self.begin = None;
         self.deferred_begin = None;
         self.touched = false;
+        self.pinned = None;
         self.pipeline.tx_status = b'I';
     }
 

@@ -166,11 +166,10 @@ fn plan_statement(statement: &Statement, map: &ShardMap) -> Plan {
             options,
             legacy_options,
             ..
-        } => match CopyFormat::from_options(options, legacy_options) {
-            Ok(format) => plan_copy(source, *to, target, format, &tables),
-            Err(_) if *to => plan_copy(source, *to, target, CopyFormat::text(), &tables),
-            Err(why) => Plan::Unsupported(why),
-        },
+        } => {
+            let format = CopyFormat::from_options(options, legacy_options);
+            plan_copy(source, *to, target, format, &tables)
+        }
         Statement::Explain { statement, .. } => match plan_statement(statement, map) {
             plan @ (Plan::Any | Plan::Default | Plan::Keyed { .. }) => plan,
             _ => Plan::Unsupported("EXPLAIN of a statement that spans backends".into()),
@@ -377,7 +376,7 @@ fn plan_copy(
     source: &CopySource,
     to: bool,
     target: &sqlparser::ast::CopyTarget,
-    format: CopyFormat,
+    format: Result<CopyFormat, String>,
     tables: &Tables,
 ) -> Plan {
     let CopySource::Table {
@@ -411,6 +410,12 @@ fn plan_copy(
             "COPY of sharded table \"{name}\" to or from a file or program (use STDIN/STDOUT)"
         ));
     }
+    // Binary COPY of a sharded table: each backend's stream has its own header and
+    // trailer, so neither splitting nor concatenating works.
+    let format = match format {
+        Ok(format) => format,
+        Err(why) => return Plan::Unsupported(why),
+    };
     if to {
         return Plan::CopyOut {
             table: name,
