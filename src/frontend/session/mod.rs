@@ -2,6 +2,7 @@
 //! connection at the start of a transaction (transaction pooling) and returns it at
 //! ReadyForQuery 'I', and forwards replies as whole frames without decoding rows.
 
+mod check;
 mod copy;
 mod extended;
 mod fanout;
@@ -212,11 +213,11 @@ impl Session {
             let mut span = None;
             if routing && self.server.is_some() && matches!(info.tag, b'Q' | b'B' | b'P') {
                 match self.check_attached(info.tag, info.len, map) {
-                    route::Attached::Fits => {}
+                    check::Attached::Fits => {}
                     // Where it goes depends on how the requests before it end.
-                    route::Attached::Hold => return Ok(true),
-                    route::Attached::Release => self.release(),
-                    route::Attached::Mismatch(why) => mismatch = Some(why),
+                    check::Attached::Hold => return Ok(true),
+                    check::Attached::Release => self.release(),
+                    check::Attached::Mismatch(why) => mismatch = Some(why),
                     other => span = Some(other),
                 }
             }

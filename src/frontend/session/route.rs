@@ -3,12 +3,12 @@
 //!
 //! A transaction runs on the backend its first routed statement names: a Query's
 //! key, or a Bind's key with its statement's plan. `BEGIN` is answered at once and
-//! sent to the backend with the transaction's first statement. Inside a transaction,
-//! a statement for another backend is refused the way PostgreSQL refuses a failing
-//! statement: the server runs a statement that raises the error, so the server's
-//! transaction fails with it and COMMIT then rolls back. Autocommit DDL and keyless
-//! writes run on every backend (`fanout.rs`); other shapes that need several
-//! backends are refused with a message that says so.
+//! sent to the backend with the transaction's first statement. Later statements are
+//! checked against the attached server (`check.rs`) and may take the transaction to
+//! more backends (`span.rs`). A statement that cannot run is refused the way
+//! PostgreSQL refuses a failing statement: the server runs a statement that raises
+//! the error, so the server's transaction fails with it and COMMIT then rolls back.
+//! Statements on several backends run in `fanout.rs` and `copy.rs`.
 
 use std::sync::Arc;
 
@@ -16,7 +16,6 @@ use bytes::{Bytes, BytesMut};
 
 use super::Session;
 use crate::error::ClientError;
-use crate::frontend::params::ParamChange;
 use crate::frontend::pipeline::Expect;
 use crate::frontend::statements::Statement;
 use crate::limits;
@@ -28,27 +27,6 @@ use crate::router::{BackendId, ShardMap};
 /// The setting that routes a session's statements by a key of the client's choice
 /// (`SET pgshard.key = 42`; `RESET pgshard.key` ends it).
 const SESSION_KEY: &str = "pgshard.key";
-
-/// Whether a message may go to the attached server.
-pub(super) enum Attached {
-    Fits,
-    /// Not yet: earlier requests must be answered first.
-    Hold,
-    /// The server is idle: let it go and route the message afresh.
-    Release,
-    /// It cannot run in this transaction or batch: why.
-    Mismatch(String),
-    /// At a request boundary in a transaction: another backend's server is attached
-    /// (`span.rs`).
-    Switch(BackendId),
-    /// A simple Query that runs on several backends inside the transaction.
-    Spread(Decision),
-    /// COMMIT (`true`) or ROLLBACK of a transaction spanning backends.
-    End(bool),
-    /// A Parse that starts a batch inside a transaction: kept until its Bind says
-    /// where the batch goes.
-    DeferParse,
-}
 
 /// Where the first message of a transaction goes.
 pub(super) enum Target {
@@ -76,175 +54,6 @@ pub(super) enum Target {
 }
 
 impl Session {
-    /// With a server attached: whether the message buffered at the front (`len`
-    /// bytes: a Query, Bind or Parse) may go to it.
-    pub(super) fn check_attached(&mut self, tag: u8, len: usize, map: &ShardMap) -> Attached {
-        let backend = self.backend.unwrap_or(map.default_backend);
-        if self.pipeline.skip_until_sync {
-            // Skipped up to Sync, as the server would.
-            return Attached::Fits;
-        }
-        if tag == b'P' {
-            if self.pipeline.tx_status == b'T' && (!self.pipeline.unsynced || self.batch_deferred) {
-                return Attached::DeferParse;
-            }
-            // A Parse that starts a new batch outside a transaction: its Bind decides,
-            // so it waits for the server to be let go and is then kept (`defer_parse`).
-            if self.pipeline.unsynced || self.pipeline.tx_status != b'I' {
-                return Attached::Fits;
-            }
-            self.pipeline.flush_synthetic(&mut self.conn.wbuf);
-            return if self.pipeline.is_empty() {
-                Attached::Release
-            } else {
-                Attached::Hold
-            };
-        }
-        let decision = self.decision(tag, &self.conn.rbuf[..len], map);
-        if let Some(Decision::End { commit }) = decision {
-            if !self.spanning() {
-                return Attached::Fits;
-            }
-            return match self.boundary() {
-                Ok(()) => Attached::End(commit),
-                Err(wait) => wait,
-            };
-        }
-        let savepoint = decision == Some(Decision::Savepoint);
-        if savepoint && self.spanning() {
-            // Even in a failed transaction: ROLLBACK TO would recover one backend only.
-            return Attached::Mismatch(savepoints_refused());
-        }
-        // In a failed transaction the server refuses everything itself.
-        if self.pipeline.tx_status == b'E' {
-            return Attached::Fits;
-        }
-        let refusal = self.one_backend_only(tag, len, map);
-        if self.spanning() {
-            if let Some(why) = refusal {
-                return Attached::Mismatch(why);
-            }
-        }
-        let fits = match &decision {
-            None
-            | Some(Decision::Any | Decision::Session | Decision::Begin | Decision::Savepoint) => {
-                true
-            }
-            Some(Decision::Default) => backend == map.default_backend,
-            Some(Decision::One(b)) => *b == backend,
-            Some(_) => false,
-        };
-        if fits {
-            if self.pipeline.tx_status == b'T' && self.pinned.is_none() {
-                self.pinned = self.pins_transaction(tag, len, savepoint);
-            }
-            return Attached::Fits;
-        }
-        self.pipeline.flush_synthetic(&mut self.conn.wbuf);
-        let new_batch = !self.pipeline.unsynced;
-        if new_batch && !self.pipeline.is_empty() {
-            return Attached::Hold;
-        }
-        if new_batch && self.pipeline.tx_status == b'I' {
-            return Attached::Release;
-        }
-        // Inside a transaction: the transaction takes in more backends.
-        if let Err(wait) = self.boundary() {
-            return wait;
-        }
-        if let Some(why) = refusal {
-            return Attached::Mismatch(why);
-        }
-        let pinned = match (&self.pinned, &self.begin) {
-            _ if !self.pending.is_empty() => Some("changed settings"),
-            (Some(why), _) => Some(*why),
-            (None, None) => Some("began inside a multi-statement query"),
-            (None, Some(_)) => None,
-        };
-        if let Some(why) = pinned {
-            return Attached::Mismatch(format!(
-                "this transaction {why} on backend \"{}\", which would not hold on the other \
-                 backends a statement now needs: it cannot span backends",
-                map.backends[backend].name
-            ));
-        }
-        match decision {
-            Some(Decision::One(b)) => Attached::Switch(b),
-            Some(Decision::Default) => Attached::Switch(map.default_backend),
-            Some(Decision::Error(why)) => Attached::Mismatch(why),
-            Some(d) if tag == b'Q' && spreads(&d) => Attached::Spread(d),
-            Some(other) => Attached::Mismatch(needs_several(&other)),
-            // Fits, handled above.
-            None => Attached::Fits,
-        }
-    }
-
-    /// Whether the transaction is at a request boundary: everything sent answered,
-    /// and nothing of the current batch sent yet. Otherwise what to do instead.
-    fn boundary(&mut self) -> Result<(), Attached> {
-        self.pipeline.flush_synthetic(&mut self.conn.wbuf);
-        let unsent = !self.pipeline.unsynced || self.batch_deferred;
-        if self.pipeline.is_empty() && unsent {
-            return Ok(());
-        }
-        if !self.pipeline.unsynced {
-            return Err(Attached::Hold);
-        }
-        Err(Attached::Mismatch(
-            "in a transaction that spans backends, a statement for another backend than \
-             the statements before it in the same extended-protocol batch needs a Sync \
-             before it"
-                .into(),
-        ))
-    }
-
-    /// What in this transaction (a statement that fits the attached server) keeps
-    /// it on that backend: a savepoint, or a SET of any kind (SET LOCAL, SET
-    /// TRANSACTION, SET CONSTRAINTS hold for the transaction on one server).
-    fn pins_transaction(&self, tag: u8, len: usize, savepoint: bool) -> Option<&'static str> {
-        if savepoint {
-            return Some("has a savepoint");
-        }
-        let sql = match tag {
-            b'Q' => std::str::from_utf8(self.conn.rbuf.get(5..len)?).ok()?,
-            _ => self.bound_sql(self.conn.rbuf.get(5..len)?, None)?,
-        };
-        let first = sql
-            .trim_start()
-            .split(|c: char| !c.is_ascii_alphabetic())
-            .next()?;
-        first.eq_ignore_ascii_case("set").then_some("ran SET")
-    }
-
-    /// Why a statement cannot run in a transaction that spans backends (or is about
-    /// to), if so.
-    fn one_backend_only(&self, tag: u8, len: usize, map: &ShardMap) -> Option<String> {
-        if tag != b'Q' {
-            let statement = self.bound_statement(&self.conn.rbuf[5..len])?;
-            return (!statement.is_empty()).then(changes_settings);
-        }
-        let payload = self.conn.rbuf.get(5..len)?;
-        if !self.param_changes(payload).is_empty() {
-            return Some(changes_settings());
-        }
-        let sql = std::str::from_utf8(payload.strip_suffix(b"\0")?).ok()?;
-        let analyzed = self.analyze(sql, map)?;
-        analyzed.plan.controls_transaction_among_others().then(|| {
-            "in a transaction that spans backends, COMMIT and ROLLBACK must be sent alone, \
-             not with other statements in one query string"
-                .into()
-        })
-    }
-
-    /// The setting changes of the statement a Bind (`payload`) runs.
-    fn bound_statement(&self, payload: &[u8]) -> Option<Vec<ParamChange>> {
-        let (_, name, _) = messages::bind_names(payload)?;
-        if name.is_empty() {
-            return Some(self.unnamed.as_ref()?.changes.clone());
-        }
-        Some(self.statements.get(name)?.changes.clone())
-    }
-
     /// A Parse with no server attached is kept and answered here; it is sent to
     /// the backend its Bind's key chooses (`ensure_unnamed`, `ensure_prepared`).
     pub(super) fn defer_parse(&mut self, frame: &Bytes) -> bool {
@@ -428,7 +237,7 @@ impl Session {
 
     /// The statement's analysis, with the session's `SET pgshard.key` as its key
     /// unless the statement names one in a comment.
-    fn analyze(&self, sql: &str, map: &ShardMap) -> Option<Analyzed> {
+    pub(super) fn analyze(&self, sql: &str, map: &ShardMap) -> Option<Analyzed> {
         let mut analyzed = self.app.plans.analyze(sql, map).ok()?;
         if analyzed.key_hint.is_none() {
             analyzed.key_hint = self.params.get(SESSION_KEY).map(|v| {
@@ -512,7 +321,11 @@ impl Session {
     /// The SQL text of the statement a Bind (`payload`, without the header) runs:
     /// the client's named one, or the unnamed one: `unnamed` (a Parse message not
     /// yet recorded) or else the last one recorded.
-    fn bound_sql<'a>(&'a self, payload: &[u8], unnamed: Option<&'a [u8]>) -> Option<&'a str> {
+    pub(super) fn bound_sql<'a>(
+        &'a self,
+        payload: &[u8],
+        unnamed: Option<&'a [u8]>,
+    ) -> Option<&'a str> {
         let (_, name, _) = messages::bind_names(payload)?;
         let parse: &[u8] = match (name.is_empty(), unnamed) {
             (true, Some(parse)) => parse,
@@ -623,7 +436,7 @@ pub(super) fn raise_messages(message: &str) -> (Bytes, Bytes, Bytes) {
 }
 
 /// Decisions that run on several backends inside a transaction (as simple Queries).
-fn spreads(decision: &Decision) -> bool {
+pub(super) fn spreads(decision: &Decision) -> bool {
     matches!(
         decision,
         Decision::All
@@ -633,18 +446,6 @@ fn spreads(decision: &Decision) -> bool {
             | Decision::CopyIn(_)
             | Decision::CopyOut { .. }
     )
-}
-
-fn savepoints_refused() -> String {
-    "savepoints and COMMIT/ROLLBACK AND CHAIN are not supported in a transaction that \
-     spans backends"
-        .into()
-}
-
-fn changes_settings() -> String {
-    "settings changed inside a transaction that spans backends would hold on one backend \
-     only; change them outside the transaction"
-        .into()
 }
 
 /// A Query frame's INSERT split into one Query frame per backend.
@@ -681,7 +482,7 @@ fn unrouted_kind(decision: &Decision) -> Option<&'static str> {
 }
 
 /// Why a decision that needs several backends cannot run (yet).
-fn needs_several(decision: &Decision) -> String {
+pub(super) fn needs_several(decision: &Decision) -> String {
     let what = match decision {
         Decision::Many { .. } => {
             "its keys live on several backends (a read would need merging, a write runs \

@@ -10,7 +10,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::route::Attached;
+use super::check::Attached;
 use super::Session;
 use crate::backend::pool::Guard;
 use crate::backend::server::ServerConn;
