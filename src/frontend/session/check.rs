@@ -76,9 +76,9 @@ impl Session {
         if self.pipeline.tx_status == b'E' {
             return Attached::Fits;
         }
-        let refusal = self.one_backend_only(tag, len, map);
+        // Only a transaction that spans backends, or is about to, pays for this.
         if self.spanning() {
-            if let Some(why) = refusal {
+            if let Some(why) = self.one_backend_only(tag, len, map) {
                 return Attached::Mismatch(why);
             }
         }
@@ -109,8 +109,11 @@ impl Session {
         if let Err(wait) = self.boundary() {
             return wait;
         }
-        if let Some(why) = refusal {
-            return Attached::Mismatch(why);
+        // (Checked above when it spans already.)
+        if !self.spanning() {
+            if let Some(why) = self.one_backend_only(tag, len, map) {
+                return Attached::Mismatch(why);
+            }
         }
         let pinned = match (&self.pinned, &self.begin) {
             _ if !self.pending.is_empty() => Some("changed settings"),

@@ -6,6 +6,7 @@
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
+use super::servers::{error_reply, release, rollback_all};
 use super::Session;
 use crate::backend::pool::Guard;
 use crate::backend::server::CopyStep;
@@ -17,7 +18,6 @@ use crate::protocol::next_frame;
 use crate::router::copy::Splitter;
 use crate::router::decide::CopyInto;
 use crate::router::BackendId;
-use crate::stats::Stats;
 
 /// Rows buffered for one backend before they are written to it.
 const COPY_FLUSH_BYTES: usize = 64 * 1024;
@@ -55,13 +55,21 @@ impl Session {
             Outcome::Done(tags) => {
                 let tags: Vec<&[u8]> = tags.iter().map(|t| t.as_bytes()).collect();
                 let tag = super::fanout::sum_tags(&tags);
-                if in_transaction {
+                let committed = if in_transaction {
                     self.park_all(servers, None);
-                    let mut reply = BytesMut::new();
-                    messages::command_complete(&mut reply, &tag);
-                    reply
+                    Ok(())
                 } else {
-                    self.commit_all(servers, tag).await
+                    let committed = self.commit_all(&mut servers).await;
+                    release(&mut servers);
+                    committed
+                };
+                match committed {
+                    Ok(()) => {
+                        let mut reply = BytesMut::new();
+                        messages::command_complete(&mut reply, &tag);
+                        reply
+                    }
+                    Err(e) => error_reply(e),
                 }
             }
             Outcome::Failed(at, error) => {
@@ -72,6 +80,7 @@ impl Session {
                     return;
                 }
                 rollback_all(&mut servers).await;
+                release(&mut servers);
                 BytesMut::from(&error[..])
             }
             Outcome::Lost(e) => {
@@ -79,10 +88,7 @@ impl Session {
                 if in_transaction {
                     self.abandon_transaction();
                 }
-                Stats::client_error(e.kind());
-                let mut reply = BytesMut::new();
-                e.write(&mut reply);
-                reply
+                error_reply(e)
             }
             Outcome::Refused(e) => {
                 if in_transaction {
@@ -90,10 +96,8 @@ impl Session {
                     return self.fail_transaction(e);
                 }
                 rollback_all(&mut servers).await;
-                Stats::client_error(e.kind());
-                let mut reply = BytesMut::new();
-                e.write(&mut reply);
-                reply
+                release(&mut servers);
+                error_reply(e)
             }
         };
         let mut reply = reply;
@@ -242,37 +246,37 @@ impl Session {
             Err(e) => return self.reply_error(e),
         };
         let outcome = self.run_copy_out(query, header, &mut servers).await;
-        let mut reply = BytesMut::new();
-        match outcome {
-            Outcome::Done(tags) => {
-                let tags: Vec<&[u8]> = tags.iter().map(|t| t.as_bytes()).collect();
-                messages::empty(&mut reply, b'c');
-                messages::command_complete(&mut reply, &super::fanout::sum_tags(&tags));
-                self.put_back(servers, in_transaction, None);
-            }
-            Outcome::Failed(at, error) => {
-                if in_transaction {
-                    self.park_all(servers, Some(at.unwrap_or(0)));
-                    self.fail_transaction_here(error);
-                    return;
-                }
-                self.put_back(servers, false, None);
-                reply.extend_from_slice(&error);
+        let mut reply = match outcome {
+            Outcome::Failed(at, error) if in_transaction => {
+                self.park_all(servers, Some(at.unwrap_or(0)));
+                return self.fail_transaction_here(error);
             }
             Outcome::Lost(e) => {
                 drop(servers);
                 if in_transaction {
                     self.abandon_transaction();
                 }
-                Stats::client_error(e.kind());
-                e.write(&mut reply);
+                error_reply(e)
             }
-            Outcome::Refused(e) => {
-                self.put_back(servers, in_transaction, None);
-                Stats::client_error(e.kind());
-                e.write(&mut reply);
+            other => {
+                if in_transaction {
+                    self.park_all(servers, None);
+                } else {
+                    release(&mut servers);
+                }
+                match other {
+                    Outcome::Done(tags) => {
+                        let tags: Vec<&[u8]> = tags.iter().map(|t| t.as_bytes()).collect();
+                        let mut reply = BytesMut::new();
+                        messages::empty(&mut reply, b'c');
+                        messages::command_complete(&mut reply, &super::fanout::sum_tags(&tags));
+                        reply
+                    }
+                    Outcome::Failed(_, error) => BytesMut::from(&error[..]),
+                    Outcome::Lost(e) | Outcome::Refused(e) => error_reply(e),
+                }
             }
-        }
+        };
         messages::ready_for_query(&mut reply, self.pipeline.tx_status);
         self.pipeline.push(Expect::Synthetic(reply.freeze()));
     }
@@ -337,73 +341,9 @@ impl Session {
         Outcome::Done(tags)
     }
 
-    /// Servers on `backends`, each in a transaction of its own.
-    async fn begin_all(
-        &mut self,
-        backends: &[BackendId],
-    ) -> Result<Vec<(BackendId, Guard)>, ClientError> {
-        let mut servers = self.checkout_all(backends).await?;
-        for (_, server) in servers.iter_mut() {
-            if server.execute("BEGIN").await.is_err() {
-                return Err(ClientError::ServerLost(server.pool().backend.to_string()));
-            }
-        }
-        Ok(servers)
-    }
-
-    /// Servers on `backends`, checked out in backend order.
-    async fn checkout_all(
-        &mut self,
-        backends: &[BackendId],
-    ) -> Result<Vec<(BackendId, Guard)>, ClientError> {
-        let topology = self.app.topology.load_full();
-        let mut servers = Vec::with_capacity(backends.len());
-        for &backend in backends {
-            servers.push((backend, self.checkout(topology.pool(backend)).await?));
-        }
-        Ok(servers)
-    }
-
-    /// Commits servers that each ran their part in their own transaction (two-phase);
-    /// the reply: CommandComplete `tag`, or the error.
-    async fn commit_all(&mut self, mut servers: Vec<(BackendId, Guard)>, tag: String) -> BytesMut {
-        let default = self.app.topology.load().map.default_backend;
-        let log = servers.iter().position(|(b, _)| *b == default);
-        let mut conns: Vec<&mut crate::backend::server::ServerConn> =
-            servers.iter_mut().map(|(_, g)| &mut **g).collect();
-        let result = self.app.coordinator.commit(&mut conns, log).await;
-        let mut reply = BytesMut::new();
-        match super::span::commit_outcome(result) {
-            Ok(()) => messages::command_complete(&mut reply, &tag),
-            Err(e) => {
-                Stats::client_error(e.kind());
-                e.write(&mut reply);
-            }
-        }
-        self.put_back(servers, false, None);
-        reply
-    }
-
-    /// Servers after a statement: back into the transaction, or to their pools.
-    fn put_back(
-        &mut self,
-        mut servers: Vec<(BackendId, Guard)>,
-        in_transaction: bool,
-        at: Option<usize>,
-    ) {
-        if in_transaction {
-            return self.park_all(servers, at);
-        }
-        for (_, server) in servers.iter_mut() {
-            server.idle = !server.broken;
-        }
-    }
-
     /// An error outside a transaction, with ReadyForQuery.
     pub(super) fn reply_error(&mut self, e: ClientError) {
-        Stats::client_error(e.kind());
-        let mut reply = BytesMut::new();
-        e.write(&mut reply);
+        let mut reply = error_reply(e);
         messages::ready_for_query(&mut reply, b'I');
         self.pipeline.push(Expect::Synthetic(reply.freeze()));
     }
@@ -471,12 +411,6 @@ async fn end_all(servers: &mut [(BackendId, Guard)], message: &[u8]) {
     }
 }
 
-async fn rollback_all(servers: &mut [(BackendId, Guard)]) {
-    for (_, server) in servers.iter_mut() {
-        server.idle = server.execute("ROLLBACK").await.is_ok();
-    }
-}
-
 fn copy_fail(why: &str) -> Bytes {
     let mut out = BytesMut::new();
     let at = messages::begin(&mut out, b'f');
@@ -487,8 +421,5 @@ fn copy_fail(why: &str) -> Bytes {
 
 /// A failure the proxy found itself, as the client's ErrorResponse.
 fn failed(at: Option<usize>, e: ClientError) -> Outcome {
-    Stats::client_error(e.kind());
-    let mut error = BytesMut::new();
-    e.write(&mut error);
-    Outcome::Failed(at, error.freeze())
+    Outcome::Failed(at, error_reply(e).freeze())
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::span::commit_outcome;
+use super::servers::{error_reply, release, rollback_all};
 use super::Session;
 use crate::backend::pool::Guard;
 use crate::backend::server::ServerConn;
@@ -24,7 +24,6 @@ use crate::protocol::next_frame;
 use crate::router::decide::{Decision, Merge};
 use crate::router::sql::merge::{Bound, Combine};
 use crate::router::BackendId;
-use crate::stats::Stats;
 
 impl Session {
     /// Runs `query` (a whole Query message) on every backend; `atomic`: inside one
@@ -165,12 +164,7 @@ impl Session {
     async fn answer(&mut self, parts: Vec<(BackendId, Request)>, atomic: bool, merged: Merged) {
         let mut reply = match self.fan_out(&parts, atomic, merged).await {
             Ok(reply) => reply,
-            Err(e) => {
-                Stats::client_error(e.kind());
-                let mut reply = BytesMut::new();
-                e.write(&mut reply);
-                reply
-            }
+            Err(e) => error_reply(e),
         };
         messages::ready_for_query(&mut reply, b'I');
         self.pipeline.push(Expect::Synthetic(reply.freeze()));
@@ -185,38 +179,25 @@ impl Session {
         atomic: bool,
         merged: Merged,
     ) -> Result<BytesMut, ClientError> {
-        let topology = self.app.topology.load_full();
-        let mut servers: Vec<Guard> = Vec::with_capacity(parts.len());
-        for (backend, _) in parts {
-            servers.push(self.checkout(topology.pool(*backend)).await?);
-        }
-        if atomic {
-            for server in servers.iter_mut() {
-                if server.execute("BEGIN").await.is_err() {
-                    return Err(lost(server));
-                }
-            }
-        }
-        let mut refs: Vec<&mut Guard> = servers.iter_mut().collect();
-        let replies = match run_on(&mut refs, parts).await {
+        let backends: Vec<BackendId> = parts.iter().map(|(b, _)| *b).collect();
+        let mut servers = if atomic {
+            self.begin_all(&backends).await?
+        } else {
+            self.checkout_all(&backends).await?
+        };
+        let replies = match run_on(&mut servers, parts).await {
             Ok(replies) => replies,
             Err(Failure::Lost(e)) => return Err(e),
             Err(Failure::Failed { error, .. }) => {
                 if atomic {
-                    for server in servers.iter_mut() {
-                        let _ = server.execute("ROLLBACK").await;
-                    }
+                    rollback_all(&mut servers).await;
                 }
                 release(&mut servers);
                 return Ok(BytesMut::from(&error[..]));
             }
         };
         if atomic {
-            let mut conns: Vec<&mut ServerConn> = servers.iter_mut().map(|g| &mut **g).collect();
-            let log = parts
-                .iter()
-                .position(|(b, _)| *b == topology.map.default_backend);
-            commit_outcome(self.app.coordinator.commit(&mut conns, log).await)?;
+            self.commit_all(&mut servers).await?;
         }
         release(&mut servers);
         reply_of(&replies, merged)
@@ -277,8 +258,7 @@ impl Session {
             Ok(servers) => servers,
             Err(e) => return self.fail_transaction(e),
         };
-        let mut refs: Vec<&mut Guard> = servers.iter_mut().map(|(_, g)| g).collect();
-        let result = run_on(&mut refs, &parts).await;
+        let result = run_on(&mut servers, &parts).await;
         let mut reply = match result {
             Ok(replies) => {
                 self.park_all(servers, None);
@@ -296,13 +276,9 @@ impl Session {
             }
             Err(Failure::Lost(e)) => {
                 drop(servers);
+                // Out of the transaction: the reply ends with status 'I'.
                 self.abandon_transaction();
-                Stats::client_error(e.kind());
-                let mut reply = BytesMut::new();
-                e.write(&mut reply);
-                messages::ready_for_query(&mut reply, b'I');
-                self.pipeline.push(Expect::Synthetic(reply.freeze()));
-                return;
+                error_reply(e)
             }
         };
         messages::ready_for_query(&mut reply, self.pipeline.tx_status);
@@ -324,11 +300,11 @@ fn lost(server: &Guard) -> ClientError {
 
 /// Runs `parts[i]` on `servers[i]`, one after another, up to the first error.
 async fn run_on(
-    servers: &mut [&mut Guard],
+    servers: &mut [(BackendId, Guard)],
     parts: &[(BackendId, Request)],
 ) -> Result<Vec<Vec<Bytes>>, Failure> {
     let mut replies = Vec::with_capacity(servers.len());
-    for (at, (server, (_, request))) in servers.iter_mut().zip(parts).enumerate() {
+    for (at, ((_, server), (_, request))) in servers.iter_mut().zip(parts).enumerate() {
         let (bytes, added_parse) = request.for_server(server);
         let mut frames = match server.exchange(&bytes).await {
             Ok(frames) => frames,
@@ -410,13 +386,6 @@ impl Request {
 /// The SQL of a Query message.
 fn query_text(query: &[u8]) -> Option<&str> {
     std::str::from_utf8(query.get(5..)?.strip_suffix(b"\0")?).ok()
-}
-
-/// Servers that answered everything go back to their pools.
-fn release(servers: &mut [Guard]) {
-    for server in servers {
-        server.idle = !server.broken;
-    }
 }
 
 /// One reply for the client: per statement, the first backend's description, the

@@ -8,6 +8,7 @@ mod extended;
 mod fanout;
 mod replies;
 mod route;
+mod servers;
 mod shared;
 mod span;
 

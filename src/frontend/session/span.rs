@@ -11,15 +11,13 @@
 use bytes::{Bytes, BytesMut};
 
 use super::check::Attached;
+use super::servers::{error_reply, release, rollback_all};
 use super::Session;
 use crate::backend::pool::Guard;
-use crate::backend::server::ServerConn;
-use crate::backend::twophase::TwoPhaseError;
 use crate::error::ClientError;
 use crate::frontend::pipeline::Expect;
 use crate::protocol::messages;
 use crate::router::{BackendId, ShardMap};
-use crate::stats::Stats;
 
 /// A Bind the proxy answers itself, with the Describe and Execute of its portal.
 #[derive(Clone)]
@@ -171,40 +169,32 @@ impl Session {
             servers.push((at, current));
         }
         servers.sort_unstable_by_key(|(b, _)| *b);
+        self.leave_transaction();
+        let outcome = if commit {
+            self.commit_all(&mut servers).await
+        } else {
+            rollback_all(&mut servers).await;
+            Ok(())
+        };
+        release(&mut servers);
+        match outcome {
+            Ok(()) => {
+                let mut reply = BytesMut::new();
+                messages::command_complete(&mut reply, if commit { "COMMIT" } else { "ROLLBACK" });
+                reply
+            }
+            Err(e) => error_reply(e),
+        }
+    }
+
+    /// The session is out of its transaction (its servers already taken).
+    fn leave_transaction(&mut self) {
         self.info.detach();
         self.begin = None;
         self.deferred_begin = None;
         self.touched = false;
         self.pinned = None;
         self.pipeline.tx_status = b'I';
-        let mut reply = BytesMut::new();
-        let default = self.app.topology.load().map.default_backend;
-        let outcome = if commit {
-            let log = servers.iter().position(|(b, _)| *b == default);
-            let mut conns: Vec<&mut ServerConn> =
-                servers.iter_mut().map(|(_, g)| &mut **g).collect();
-            commit_outcome(self.app.coordinator.commit(&mut conns, log).await)
-        } else {
-            for (_, server) in servers.iter_mut() {
-                if server.execute("ROLLBACK").await.is_err() {
-                    server.broken = true;
-                }
-            }
-            Ok(())
-        };
-        for (_, server) in servers.iter_mut() {
-            server.idle = !server.broken;
-        }
-        match outcome {
-            Ok(()) => {
-                messages::command_complete(&mut reply, if commit { "COMMIT" } else { "ROLLBACK" })
-            }
-            Err(e) => {
-                Stats::client_error(e.kind());
-                e.write(&mut reply);
-            }
-        }
-        reply
     }
 
     /// A message of the Bind the proxy answers itself (`answering`): `true` when it
@@ -291,12 +281,7 @@ impl Session {
         self.parked.clear();
         self.server = None;
         self.backend = None;
-        self.info.detach();
-        self.begin = None;
-        self.deferred_begin = None;
-        self.touched = false;
-        self.pinned = None;
-        self.pipeline.tx_status = b'I';
+        self.leave_transaction();
     }
 
     /// The client left, or the attached server was lost: parked servers roll back.
@@ -309,17 +294,6 @@ impl Session {
             server.idle = matches!(rollback.await, Ok(Ok(())));
             server.broken |= !server.idle;
         }
-    }
-}
-
-/// What the client hears of a two-phase commit's result.
-pub(super) fn commit_outcome(result: Result<(), TwoPhaseError>) -> Result<(), ClientError> {
-    match result {
-        // Decided: the commit completes (the rest by recovery).
-        Ok(()) | Err(TwoPhaseError::Unfinished { .. }) => Ok(()),
-        // The decision may or may not have been written.
-        Err(TwoPhaseError::Log(e)) => Err(ClientError::CommitUnknown(e.to_string())),
-        Err(e) => Err(ClientError::RolledBack(e.to_string())),
     }
 }
 
