@@ -1,5 +1,6 @@
 //! Tests of `combine.rs`: merged replies from hand-made frames.
 
+use super::values::{add_numeric, compare_numeric};
 use super::*;
 use crate::router::sql::merge::Combine;
 
