@@ -66,3 +66,11 @@ pub const BEGIN_ATTEMPTS: usize = 3;
 /// How often prepared transactions left by two-phase commits are looked for (the
 /// default of `two_phase_recovery_interval_ms`).
 pub const TWO_PHASE_RECOVERY_INTERVAL: Duration = Duration::from_secs(30);
+/// Distinct values of one column a merged read sends back to a backend to have them
+/// ordered by their collation (text) or type (dates and times in text format).
+pub const RANK_VALUES_MAX: usize = 100_000;
+/// Bytes of those values.
+pub const RANK_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Messages after the Bind of an extended batch that runs on several backends (its
+/// Describes, Execute and Sync).
+pub const SPREAD_BATCH_MESSAGES_MAX: usize = 16;

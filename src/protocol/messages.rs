@@ -237,6 +237,38 @@ pub fn bind_params(payload: &[u8], rest_at: usize) -> Option<Vec<BindParam<'_>>>
     Some(params)
 }
 
+/// Where a Bind payload's result-format codes start (the offset of their count),
+/// and the codes; `rest_at` as from `bind_names`.
+pub fn bind_result_formats(payload: &[u8], rest_at: usize) -> Option<(usize, Vec<i16>)> {
+    let mut rest = payload.get(rest_at..)?;
+    let (format_count, after) = read_i16(rest)?;
+    rest = after.get(usize::try_from(format_count).ok()? * 2..)?;
+    let (count, mut after) = read_i16(rest)?;
+    for _ in 0..count {
+        let (len, tail) = read_i32(after)?;
+        after = match usize::try_from(len) {
+            Ok(len) => tail.get(len..)?,
+            Err(_) => tail,
+        };
+    }
+    let at = payload.len() - after.len();
+    let (count, mut codes_at) = read_i16(after)?;
+    let mut codes = Vec::with_capacity(usize::try_from(count).ok()?);
+    for _ in 0..count {
+        let (code, tail) = read_i16(codes_at)?;
+        codes.push(code);
+        codes_at = tail;
+    }
+    codes_at.is_empty().then_some((at, codes))
+}
+
+/// The portal and row limit of an Execute payload.
+pub fn execute_message(payload: &[u8]) -> Option<(&[u8], i32)> {
+    let (portal, rest) = cstr(payload)?;
+    let (max_rows, rest) = read_i32(rest)?;
+    rest.is_empty().then_some((portal, max_rows))
+}
+
 /// The values of a DataRow payload (`None` for NULL); `None` when malformed.
 pub fn data_row_values(payload: &[u8]) -> Option<Vec<Option<&[u8]>>> {
     let (count, mut rest) = read_i16(payload)?;
@@ -299,5 +331,11 @@ mod tests {
         assert_eq!(target(b"Sname\0"), Some((b'S', &b"name"[..])));
         assert_eq!(target(b"Xname\0"), None);
         assert_eq!(bind_names(b"p\0s\0rest"), Some((&b"p"[..], &b"s"[..], 4)));
+        // One text parameter "ab", then two result formats.
+        let bind = b"\0s\0\0\x01\0\0\0\x01\0\0\0\x02ab\0\x02\0\x01\0\0";
+        assert_eq!(bind_result_formats(bind, 3), Some((15, vec![1, 0])));
+        assert_eq!(bind_result_formats(&bind[..20], 3), None);
+        assert_eq!(execute_message(b"p\0\0\0\0\x05"), Some((&b"p"[..], 5)));
+        assert_eq!(execute_message(b"p\0\0\0"), None);
     }
 }

@@ -170,15 +170,12 @@ fn scatter(merge: &Merge, values: &Values) -> Decision {
         return Decision::Scatter(merge.clone());
     };
     let mut combine = combine.clone();
-    for bound in [&mut combine.limit, &mut combine.offset]
-        .into_iter()
-        .flatten()
-    {
-        if let Bound::Source(source) = bound {
+    // LIMIT NULL means no limit, OFFSET NULL none either.
+    for (bound, null) in [(&mut combine.limit, u64::MAX), (&mut combine.offset, 0)] {
+        if let Some(Bound::Source(source)) = bound {
             match values.key(source, KeyType::Int) {
-                Ok(Some(Key::Int(n))) if n >= 0 => *bound = Bound::Value(n as u64),
-                // LIMIT NULL: no limit.
-                Ok(None) => *bound = Bound::Value(u64::MAX),
+                Ok(Some(Key::Int(n))) if n >= 0 => *bound = Some(Bound::Value(n as u64)),
+                Ok(None) => *bound = Some(Bound::Value(null)),
                 _ => {
                     return Decision::Error("LIMIT and OFFSET must be non-negative integers".into())
                 }

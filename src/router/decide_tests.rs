@@ -270,8 +270,9 @@ fn keyless_reads_scatter_and_keyless_writes_go_everywhere() {
         position: None,
         descending,
         nulls_first: descending,
+        collation: None,
     };
-    use Column::{Count, Group, Max, Min, Sum};
+    use Column::{Avg, Count, Group, Max, Min, Sum};
     check(
         m,
         "SELECT count(*) FROM pgbench_accounts",
@@ -318,10 +319,56 @@ fn keyless_reads_scatter_and_keyless_writes_go_everywhere() {
         "SELECT * FROM pgbench_accounts LIMIT 3",
         combine(vec![], false, vec![], Some(3), None),
     );
+    check(
+        m,
+        "SELECT bid, avg(abalance) AS a FROM pgbench_accounts GROUP BY bid ORDER BY a",
+        combine(vec![Group, Avg], true, vec![by(1, false)], None, None),
+    );
+    // ORDER BY with an explicit collation: the key keeps it.
+    let mut collated = by(0, true);
+    collated.collation = Some("\"C\"".into());
+    check(
+        m,
+        "SELECT filler FROM pgbench_accounts ORDER BY filler COLLATE \"C\" DESC",
+        combine(vec![Group], false, vec![collated], None, None),
+    );
+    // LIMIT and OFFSET from parameters, read at Bind (NULL: no limit, no offset).
+    let analyzed = PlanCache::default()
+        .analyze(
+            "SELECT aid FROM pgbench_accounts ORDER BY aid LIMIT $1 OFFSET $2",
+            m,
+        )
+        .unwrap();
+    assert_eq!(
+        decide(&analyzed, &[text("5"), text("2")], m),
+        combine(vec![Group], false, vec![by(0, false)], Some(5), Some(2))
+    );
+    let null = Param {
+        format: 0,
+        value: None,
+    };
+    assert_eq!(
+        decide(&analyzed, &[null, null], m),
+        combine(
+            vec![Group],
+            false,
+            vec![by(0, false)],
+            Some(u64::MAX),
+            Some(0)
+        )
+    );
+    assert!(matches!(
+        decide(&analyzed, &[text("-1"), null], m),
+        Decision::Error(_)
+    ));
     for (sql, why) in [
         (
-            "SELECT avg(abalance) FROM pgbench_accounts",
-            "aggregates other than count, sum, min and max",
+            "SELECT stddev(abalance) FROM pgbench_accounts",
+            "aggregates other than count, sum, avg, min and max",
+        ),
+        (
+            "SELECT avg(abalance) * 2 FROM pgbench_accounts",
+            "aggregates inside expressions",
         ),
         (
             "SELECT count(DISTINCT bid) FROM pgbench_accounts",

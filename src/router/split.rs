@@ -3,12 +3,11 @@
 //! `Decision::Split`). Only for statements whose values are written in the text (a
 //! simple Query); parameters would need renumbering.
 
-use sqlparser::ast::{Expr, LimitClause, SetExpr, Statement, Value};
+use sqlparser::ast::{SetExpr, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::shardmap::BackendId;
-use super::sql::merge::{Bound, Combine};
 
 /// One statement per backend, or `None` when `sql` is not a single INSERT ...
 /// VALUES with parameters-free rows matching `split`.
@@ -44,42 +43,6 @@ pub fn split_insert(
         out.push((*backend, Statement::Insert(part).to_string()));
     }
     Some(out)
-}
-
-/// A keyless read for every backend when the proxy applies its OFFSET and LIMIT:
-/// `Ok(None)`-like `Some(None)` when it can go as is; `Some(Some(sql))` rewritten
-/// (no OFFSET, LIMIT raised to LIMIT + OFFSET, or none at all when rows combine
-/// by group); `None` when it cannot be rewritten.
-pub fn scatter_limit(sql: &str, combine: &Combine) -> Option<Option<String>> {
-    let value = |b: &Option<Bound>| match b {
-        Some(Bound::Value(n)) => Some(Some(*n)),
-        None => Some(None),
-        Some(Bound::Source(_)) => None,
-    };
-    let (limit, offset) = (value(&combine.limit)?, value(&combine.offset)?);
-    let needed = match (limit, offset.unwrap_or(0)) {
-        _ if combine.grouped => None,
-        (Some(n), m) => Some(n.saturating_add(m)),
-        (None, _) => None,
-    };
-    if offset.unwrap_or(0) == 0 && needed == limit {
-        return Some(None);
-    }
-    if sql.contains('$') {
-        // Dollar quoting would not survive re-rendering.
-        return None;
-    }
-    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
-    let [Statement::Query(query)] = statements.as_slice() else {
-        return None;
-    };
-    let mut query = query.clone();
-    query.limit_clause = needed.map(|n| LimitClause::LimitOffset {
-        limit: Some(Expr::value(Value::Number(n.to_string(), false))),
-        offset: None,
-        limit_by: Vec::new(),
-    });
-    Some(Some(Statement::Query(query).to_string()))
 }
 
 #[cfg(test)]

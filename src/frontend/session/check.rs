@@ -4,7 +4,7 @@
 //! savepoint, a SET, COMMIT mixed with other statements) keeps a transaction from
 //! spanning backends.
 
-use super::route::{needs_several, spreads};
+use super::route::{needs_several, spreads, spreads_batch};
 use super::Session;
 use crate::frontend::params::ParamChange;
 use crate::protocol::messages;
@@ -25,6 +25,8 @@ pub(super) enum Attached {
     Switch(BackendId),
     /// A simple Query that runs on several backends inside the transaction.
     Spread(Decision),
+    /// The same, an extended batch (its Bind at the front).
+    SpreadBatch(Decision),
     /// COMMIT (`true`) or ROLLBACK of a transaction spanning backends.
     End(bool),
     /// A Parse that starts a batch inside a transaction: kept until its Bind says
@@ -133,6 +135,7 @@ impl Session {
             Some(Decision::Default) => Attached::Switch(map.default_backend),
             Some(Decision::Error(why)) => Attached::Mismatch(why),
             Some(d) if tag == b'Q' && spreads(&d) => Attached::Spread(d),
+            Some(d) if tag == b'B' && spreads_batch(&d) => Attached::SpreadBatch(d),
             Some(other) => Attached::Mismatch(needs_several(&other)),
             // Fits, handled above.
             None => Attached::Fits,

@@ -16,23 +16,18 @@ use super::Session;
 use crate::backend::pool::Guard;
 use crate::backend::server::ServerConn;
 use crate::error::ClientError;
-use crate::frontend::combine::combine;
 use crate::frontend::pipeline::Expect;
-use crate::frontend::statements::{self, Statement};
+use crate::frontend::statements::Statement;
 use crate::protocol::messages;
-use crate::protocol::next_frame;
 use crate::router::decide::{Decision, Merge};
-use crate::router::sql::merge::{Bound, Combine};
+use crate::router::sql::merge::Combine;
 use crate::router::BackendId;
 
 impl Session {
     /// Runs `query` (a whole Query message) on every backend; `atomic`: inside one
     /// distributed transaction.
     pub(super) async fn run_everywhere(&mut self, query: &Bytes, atomic: bool) {
-        let request = Request {
-            bytes: query.clone(),
-            statement: None,
-        };
+        let request = Request::plain(query.clone());
         let backends = self.app.topology.load().pools.len();
         let parts = (0..backends).map(|b| (b, request.clone())).collect();
         self.answer(parts, atomic, Merged::Rows).await;
@@ -50,8 +45,8 @@ impl Session {
         self.answer(parts, false, merged).await;
     }
 
-    /// A keyless read for every backend: as sent, or with its OFFSET taken off and its
-    /// LIMIT raised to cover it (the proxy cuts the merged rows).
+    /// A keyless read for every backend: as sent, or rewritten for the merge
+    /// (`router::scatter`).
     fn gather_parts(
         &self,
         query: &Bytes,
@@ -60,11 +55,11 @@ impl Session {
         let backends = self.app.topology.load().pools.len();
         let (bytes, merged) = match merge {
             Merge::Combine(combine) => {
-                let bytes = match crate::router::split::scatter_limit(query_text(query)?, &combine)?
+                let bytes = match crate::router::scatter::scatter_sql(query_text(query)?, &combine)?
                 {
-                    Some(sql) => {
+                    Some(scatter) => {
                         let mut out = BytesMut::new();
-                        messages::query(&mut out, &sql);
+                        messages::query(&mut out, &scatter.sql);
                         out.freeze()
                     }
                     None => query.clone(),
@@ -73,10 +68,7 @@ impl Session {
             }
             _ => (query.clone(), Merged::Rows),
         };
-        let request = Request {
-            bytes,
-            statement: None,
-        };
+        let request = Request::plain(bytes);
         Some((
             (0..backends).map(|b| (b, request.clone())).collect(),
             merged,
@@ -87,81 +79,17 @@ impl Session {
     pub(super) async fn run_parts(&mut self, parts: Vec<(BackendId, Bytes)>) {
         let parts = parts
             .into_iter()
-            .map(|(b, bytes)| {
-                let request = Request {
-                    bytes,
-                    statement: None,
-                };
-                (b, request)
-            })
+            .map(|(b, bytes)| (b, Request::plain(bytes)))
             .collect();
         self.answer(parts, true, Merged::Rows).await;
     }
 
-    /// An extended batch (its Bind is `bind`, the rest up to Sync still buffered)
-    /// that runs on every backend atomically. `false`: the batch is not whole or
-    /// not plain (nothing was taken); the caller refuses it.
-    pub(super) async fn run_batch_everywhere(&mut self, bind: &Bytes) -> bool {
-        let Some(request) = self.batch_request(bind) else {
-            return false;
-        };
-        let backends = self.app.topology.load().pools.len();
-        let parts = (0..backends).map(|b| (b, request.clone())).collect();
-        self.answer(parts, true, Merged::Rows).await;
-        // The batch's Sync was taken with it.
-        self.pipeline.unsynced = false;
-        self.pipeline.skip_until_sync = false;
-        true
-    }
-
-    /// The whole batch for every server: the statement's Parse (the client's
-    /// unnamed one, or its named one under the global name), the Bind, then the
-    /// buffered Describe/Execute messages up to Sync, which are taken.
-    fn batch_request(&mut self, bind: &Bytes) -> Option<Request> {
-        let (portal, name, rest_at) = messages::bind_names(&bind[5..])?;
-        let mut bytes = BytesMut::new();
-        let statement = if name.is_empty() {
-            bytes.extend_from_slice(&self.unnamed.as_ref()?.parse);
-            None
-        } else {
-            let statement = self.statements.get(name)?.clone();
-            statements::rewrite_bind(
-                &mut bytes,
-                portal,
-                &statement.global_name,
-                &bind[5 + rest_at..],
-            );
-            Some(statement)
-        };
-        if statement.is_none() {
-            bytes.extend_from_slice(bind);
-        }
-        let mut at = 0;
-        loop {
-            let info = next_frame(&self.conn.rbuf[at..]).ok()??;
-            let frame = &self.conn.rbuf[at..at + info.len];
-            match (info.tag, messages::target(&frame[5..])) {
-                // A Describe of the client's named statement, under its global name.
-                (b'D', Some((b'S', name))) if !name.is_empty() => {
-                    let statement = self.statements.get(name)?;
-                    statements::rewrite_describe(&mut bytes, &statement.global_name);
-                }
-                (b'D' | b'E' | b'S', _) => bytes.extend_from_slice(frame),
-                _ => return None,
-            }
-            at += info.len;
-            if info.tag == b'S' {
-                break;
-            }
-        }
-        let _ = self.conn.rbuf.split_to(at);
-        Some(Request {
-            bytes: bytes.freeze(),
-            statement,
-        })
-    }
-
-    async fn answer(&mut self, parts: Vec<(BackendId, Request)>, atomic: bool, merged: Merged) {
+    pub(super) async fn answer(
+        &mut self,
+        parts: Vec<(BackendId, Request)>,
+        atomic: bool,
+        merged: Merged,
+    ) {
         let mut reply = match self.fan_out(&parts, atomic, merged).await {
             Ok(reply) => reply,
             Err(e) => error_reply(e),
@@ -187,7 +115,7 @@ impl Session {
         };
         let replies = match run_on(&mut servers, parts).await {
             Ok(replies) => replies,
-            Err(Failure::Lost(e)) => return Err(e),
+            Err(Failure::Lost(e) | Failure::Refused(e)) => return Err(e),
             Err(Failure::Failed { error, .. }) => {
                 if atomic {
                     rollback_all(&mut servers).await;
@@ -199,17 +127,20 @@ impl Session {
         if atomic {
             self.commit_all(&mut servers).await?;
         }
+        // A merged read may ask a backend to order values (its own transaction).
+        let reply = super::gather::merged_reply(&mut servers, &replies, merged).await;
         release(&mut servers);
-        reply_of(&replies, merged)
+        match reply {
+            Ok(reply) => Ok(reply),
+            Err(Failure::Lost(e) | Failure::Refused(e)) => Err(e),
+            Err(Failure::Failed { error, .. }) => Ok(BytesMut::from(&error[..])),
+        }
     }
 
     /// A simple Query that needs several backends (`decision`), inside the client's
     /// transaction.
     pub(super) async fn spread_query(&mut self, decision: Decision, query: &Bytes) {
-        let request = |bytes: Bytes| Request {
-            bytes,
-            statement: None,
-        };
+        let request = Request::plain;
         let every = |query: &Bytes| {
             let backends = self.app.topology.load().pools.len();
             (0..backends).map(|b| (b, request(query.clone()))).collect()
@@ -258,15 +189,19 @@ impl Session {
             Ok(servers) => servers,
             Err(e) => return self.fail_transaction(e),
         };
-        let result = run_on(&mut servers, &parts).await;
+        let result = match run_on(&mut servers, &parts).await {
+            Ok(replies) => super::gather::merged_reply(&mut servers, &replies, merged).await,
+            Err(e) => Err(e),
+        };
         let mut reply = match result {
-            Ok(replies) => {
+            Ok(reply) => {
                 self.park_all(servers, None);
-                match reply_of(&replies, merged) {
-                    Ok(reply) => reply,
-                    // The statement ran; only its answer could not be merged.
-                    Err(e) => return self.fail_transaction(e),
-                }
+                reply
+            }
+            Err(Failure::Refused(e)) => {
+                // The statement ran; only its answer could not be merged.
+                self.park_all(servers, None);
+                return self.fail_transaction(e);
             }
             Err(Failure::Failed { at, error }) => {
                 // The failed server is attached, so the transaction fails there too.
@@ -287,14 +222,16 @@ impl Session {
 }
 
 /// Why running parts stopped.
-enum Failure {
+pub(super) enum Failure {
     /// A server answered part `at` with this ErrorResponse; later parts did not run.
     Failed { at: usize, error: Bytes },
     /// A server connection failed.
     Lost(ClientError),
+    /// The statement ran, but its answer cannot be merged.
+    Refused(ClientError),
 }
 
-fn lost(server: &Guard) -> ClientError {
+pub(super) fn lost(server: &Guard) -> ClientError {
     ClientError::ServerLost(server.pool().backend.to_string())
 }
 
@@ -305,7 +242,7 @@ async fn run_on(
 ) -> Result<Vec<Vec<Bytes>>, Failure> {
     let mut replies = Vec::with_capacity(servers.len());
     for (at, ((_, server), (_, request))) in servers.iter_mut().zip(parts).enumerate() {
-        let (bytes, added_parse) = request.for_server(server);
+        let (bytes, hidden, claimed) = request.for_server(server);
         let mut frames = match server.exchange(&bytes).await {
             Ok(frames) => frames,
             Err(_) => {
@@ -313,11 +250,18 @@ async fn run_on(
                 return Err(Failure::Lost(lost(server)));
             }
         };
-        if added_parse && frames.first().and_then(|f| f.first()) == Some(&b'1') {
-            // The client's own Parse was answered long ago.
-            frames.remove(0);
-        }
+        // The client's own Parses were answered long ago; the proxy's are its own.
+        let parsed = frames
+            .iter()
+            .take(hidden)
+            .take_while(|f| f.first() == Some(&b'1'))
+            .count();
+        frames.drain(..parsed);
         if let Some(error) = frames.iter().find(|f| f.first() == Some(&b'E')) {
+            // Statements whose Parse the error stopped are not on this server.
+            for id in claimed.iter().skip(parsed) {
+                server.prepared.remove(id);
+            }
             return Err(Failure::Failed {
                 at,
                 error: error.clone(),
@@ -328,69 +272,67 @@ async fn run_on(
     Ok(replies)
 }
 
-/// The client's reply (without ReadyForQuery) from every backend's.
-fn reply_of(replies: &[Vec<Bytes>], merged: Merged) -> Result<BytesMut, ClientError> {
-    match merged {
-        Merged::Rows => Ok(merge(replies)),
-        Merged::Combine(spec) => {
-            let bound = |b: &Option<Bound>| match b {
-                Some(Bound::Value(n)) => Ok(Some(*n)),
-                None => Ok(None),
-                Some(Bound::Source(_)) => Err(ClientError::Unsupported(
-                    "pgshard could not read this LIMIT/OFFSET".into(),
-                )),
-            };
-            let (limit, offset) = (bound(&spec.limit)?, bound(&spec.offset)?.unwrap_or(0));
-            combine(replies, &spec, limit, offset).map_err(|why| {
-                ClientError::Unsupported(format!("pgshard cannot merge this read: {why}"))
-            })
-        }
-    }
-}
-
 /// How the replies combine.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub(super) enum Merged {
     /// Every backend's rows, row counts summed.
     Rows,
     /// Rows combined: grouped, aggregated, ordered, limited.
     Combine(Box<Combine>),
+    /// An extended-protocol read (`batch.rs`): its messages answered in order,
+    /// rows concatenated or combined.
+    Batch(Box<super::batch::ReadBatch>),
 }
 
 /// What a server runs.
 #[derive(Clone)]
 pub(super) struct Request {
     pub(super) bytes: Bytes,
-    /// The client's named statement the batch binds, prepared where missing.
-    pub(super) statement: Option<Arc<Statement>>,
+    /// Parses at the start of `bytes` whose replies the client must not see (the
+    /// client's unnamed statement, sent again).
+    pub(super) hidden: usize,
+    /// Statements prepared first where the server lacks them (the client's named
+    /// one, a rewritten one); their replies are hidden too.
+    pub(super) statements: Vec<Arc<Statement>>,
 }
 
 impl Request {
-    /// The bytes for `server`, and whether they start with a Parse whose reply the
-    /// client must not see (the unnamed statement's, sent every time, or a named
-    /// statement's the server lacked).
-    fn for_server(&self, server: &mut ServerConn) -> (Bytes, bool) {
-        let Some(statement) = &self.statement else {
-            let unnamed = self.bytes.first() == Some(&b'P');
-            return (self.bytes.clone(), unnamed);
-        };
-        if !server.prepared.insert(statement.id) {
-            return (self.bytes.clone(), false);
+    pub(super) fn plain(bytes: Bytes) -> Request {
+        Request {
+            bytes,
+            hidden: 0,
+            statements: Vec::new(),
         }
-        let mut bytes = BytesMut::from(&statement.parse[..]);
+    }
+
+    /// The bytes for `server`, how many Parses at their start have replies the
+    /// client must not see, and the statements claimed as prepared there now (in
+    /// the order of their Parses).
+    fn for_server(&self, server: &mut ServerConn) -> (Bytes, usize, Vec<u64>) {
+        let mut claimed = Vec::new();
+        let mut bytes = BytesMut::new();
+        for statement in &self.statements {
+            if server.prepared.insert(statement.id) {
+                bytes.extend_from_slice(&statement.parse);
+                claimed.push(statement.id);
+            }
+        }
+        if bytes.is_empty() {
+            return (self.bytes.clone(), self.hidden, claimed);
+        }
         bytes.extend_from_slice(&self.bytes);
-        (bytes.freeze(), true)
+        (bytes.freeze(), claimed.len() + self.hidden, claimed)
     }
 }
 
 /// The SQL of a Query message.
-fn query_text(query: &[u8]) -> Option<&str> {
+pub(super) fn query_text(query: &[u8]) -> Option<&str> {
     std::str::from_utf8(query.get(5..)?.strip_suffix(b"\0")?).ok()
 }
 
 /// One reply for the client: per statement, the first backend's description, the
 /// rows of every backend, and the row counts summed.
-fn merge(replies: &[Vec<Bytes>]) -> BytesMut {
+pub(super) fn merge(replies: &[Vec<Bytes>]) -> BytesMut {
     let mut out = BytesMut::new();
     let segments: Vec<Vec<&[Bytes]>> = replies.iter().map(|r| segments(r)).collect();
     let count = segments.first().map_or(0, Vec::len);

@@ -2,10 +2,13 @@
 //! connection at the start of a transaction (transaction pooling) and returns it at
 //! ReadyForQuery 'I', and forwards replies as whole frames without decoding rows.
 
+mod batch;
 mod check;
 mod copy;
 mod extended;
 mod fanout;
+mod gather;
+mod raise;
 mod replies;
 mod route;
 mod servers;
@@ -474,7 +477,7 @@ impl Session {
             // Before the Sync, messages that make the server raise the refusal, so its
             // transaction fails too. If the batch failed already, the server skips
             // them like the rest and the Sync still answers.
-            let (parse, bind, execute) = route::raise_messages(&why);
+            let (parse, bind, execute) = raise::raise_messages(&why);
             self.swbuf.extend_from_slice(&parse);
             self.pipeline.push(Expect::InjectedParse(None));
             self.swbuf.extend_from_slice(&bind);

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::raise::raise_query;
 use super::Session;
 use crate::error::ClientError;
 use crate::frontend::pipeline::Expect;
@@ -44,6 +45,13 @@ pub(super) enum Target {
     Fanout(Vec<(BackendId, Bytes)>),
     /// A keyless read on every backend, replies merged.
     Gather(Merge),
+    /// The same as an extended-protocol batch.
+    GatherBatch(Merge),
+    /// An extended-protocol write on these backends, atomically.
+    FanoutBatch(Vec<BackendId>),
+    /// An extended-protocol batch on several backends inside the client's
+    /// (deferred) transaction.
+    SpreadBatch(Decision),
     /// Several backends inside the client's (deferred) transaction.
     Spread(Decision),
     /// COPY FROM STDIN split by key, in its own distributed transaction.
@@ -137,15 +145,24 @@ impl Session {
                 return false;
             }
             Target::Everywhere => {
-                if self.run_batch_everywhere(frame).await {
-                    return false;
+                let every = (0..self.app.topology.load().pools.len()).collect();
+                match self.run_batch_on(frame, every).await {
+                    Ok(()) => return false,
+                    Err(why) => ClientError::Unsupported(why),
                 }
-                ClientError::Unsupported(
-                    "pgshard runs a statement on every backend only in a whole, plain \
-                     extended-protocol batch (Bind, Describe, Execute, Sync)"
-                        .into(),
-                )
             }
+            Target::FanoutBatch(backends) => match self.run_batch_on(frame, backends).await {
+                Ok(()) => return false,
+                Err(why) => ClientError::Unsupported(why),
+            },
+            Target::GatherBatch(merge) => match self.run_gather_batch(frame, &merge).await {
+                Ok(()) => return false,
+                Err(why) => ClientError::Unsupported(why),
+            },
+            Target::SpreadBatch(decision) => match self.spread_batch(&decision, frame).await {
+                Ok(()) => return false,
+                Err(why) => ClientError::Unsupported(why),
+            },
             Target::Maintenance => {
                 self.run_everywhere(frame, false).await;
                 return false;
@@ -208,7 +225,7 @@ impl Session {
     }
 
     /// Refuses a statement inside the attached server's transaction, failing that
-    /// transaction on the server too (see the module comment).
+    /// transaction on the server too (see `raise.rs`).
     pub(super) fn refuse_in_transaction(&mut self, tag: u8, why: String) {
         if tag == b'Q' {
             self.swbuf.extend_from_slice(&raise_query(&why));
@@ -294,6 +311,7 @@ impl Session {
             Decision::Begin => default,
             Decision::Error(why) => Target::Refuse(ClientError::Unsupported(why)),
             d if in_transaction && tag == b'Q' && spreads(&d) => Target::Spread(d),
+            d if in_transaction && tag == b'B' && spreads_batch(&d) => Target::SpreadBatch(d),
             Decision::All if !in_transaction => Target::Everywhere,
             Decision::CopyIn(copy) if autocommit => Target::CopyIn(copy),
             Decision::CopyOut { header } if autocommit => Target::CopyOut(header),
@@ -308,6 +326,13 @@ impl Session {
             Decision::Scatter(merge @ (Merge::Concat | Merge::Combine(_))) if autocommit => {
                 Target::Gather(merge)
             }
+            Decision::Scatter(merge @ (Merge::Concat | Merge::Combine(_))) if tag == b'B' => {
+                Target::GatherBatch(merge)
+            }
+            Decision::Many {
+                backends,
+                write: true,
+            } if tag == b'B' => Target::FanoutBatch(backends),
             Decision::Split(split) if autocommit => match split_query(frame, &split) {
                 Some(parts) => Target::Fanout(parts),
                 None => Target::Refuse(ClientError::Unsupported(needs_several(&Decision::Split(
@@ -393,46 +418,15 @@ impl Session {
     }
 }
 
-/// SQL that makes the server raise `message` (SQLSTATE 0A000), so that the server's
-/// transaction fails the way the client is told it did. The body is an ordinary
-/// string literal (quotes doubled twice over), never a dollar-quoted one that the
-/// message could close.
-fn raise_sql(message: &str) -> String {
-    let inner = format!(
-        "BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{}'; END",
-        message.replace('\'', "''")
-    );
-    format!("DO '{}'", inner.replace('\'', "''"))
-}
-
-/// A Query running `raise_sql`.
-pub(super) fn raise_query(message: &str) -> Bytes {
-    let mut out = BytesMut::new();
-    messages::query(&mut out, &raise_sql(message));
-    out.freeze()
-}
-
-/// Parse (unnamed), Bind (unnamed portal) and Execute running `raise_sql`.
-pub(super) fn raise_messages(message: &str) -> (Bytes, Bytes, Bytes) {
-    let mut parse = BytesMut::new();
-    let at = messages::begin(&mut parse, b'P');
-    parse.extend_from_slice(b"\0");
-    messages::put_cstr(&mut parse, raise_sql(message).as_bytes());
-    parse.extend_from_slice(&0i16.to_be_bytes());
-    messages::finish(&mut parse, at);
-    let mut bind = BytesMut::new();
-    let at = messages::begin(&mut bind, b'B');
-    bind.extend_from_slice(b"\0\0");
-    for _ in 0..3 {
-        bind.extend_from_slice(&0i16.to_be_bytes());
-    }
-    messages::finish(&mut bind, at);
-    let mut execute = BytesMut::new();
-    let at = messages::begin(&mut execute, b'E');
-    execute.extend_from_slice(b"\0");
-    execute.extend_from_slice(&0i32.to_be_bytes());
-    messages::finish(&mut execute, at);
-    (parse.freeze(), bind.freeze(), execute.freeze())
+/// Decisions that run on several backends inside a transaction as an extended
+/// batch (`batch.rs`).
+pub(super) fn spreads_batch(decision: &Decision) -> bool {
+    matches!(
+        decision,
+        Decision::All
+            | Decision::Many { write: true, .. }
+            | Decision::Scatter(Merge::Concat | Merge::Combine(_))
+    )
 }
 
 /// Decisions that run on several backends inside a transaction (as simple Queries).

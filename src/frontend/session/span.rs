@@ -51,6 +51,10 @@ impl Session {
                 self.spread_query(decision, frame).await;
                 Ok(false)
             }
+            Attached::SpreadBatch(decision) => {
+                self.spread_batch(&decision, frame).await?;
+                Ok(false)
+            }
             Attached::End(commit) if tag == b'Q' => {
                 let mut reply = self.end_spanning(commit).await;
                 messages::ready_for_query(&mut reply, b'I');
@@ -266,7 +270,7 @@ impl Session {
     }
 
     /// A statement that needed several backends failed before running anywhere: the
-    /// transaction fails, on the attached server too (see `route.rs`).
+    /// transaction fails, on the attached server too (see `raise.rs`).
     pub(super) fn fail_transaction(&mut self, e: ClientError) {
         if self.server.is_some() {
             self.refuse_in_transaction(b'Q', e.to_string());

@@ -44,8 +44,60 @@ pub enum Column {
     Group,
     Count,
     Sum,
+    /// `avg(x)`: the backends return `sum(x)` and `count(x)` in its place, and the
+    /// proxy divides (two backend columns).
+    Avg,
     Min,
     Max,
+}
+
+/// A column the backends add at the end of the select list: the collation of a
+/// value the proxy orders (`pg_collation_for`), so that text can be ordered as the
+/// database orders it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// Of ORDER BY item `i`.
+    Sort(usize),
+    /// Of min/max column `i`.
+    Extreme(usize),
+}
+
+impl Combine {
+    /// The collation probes the backends return after the select list, in order:
+    /// one per ORDER BY item on a column that may be text, then one per min/max
+    /// column. Types are known only from the reply, so any such column gets one.
+    pub fn probes(&self) -> Vec<Probe> {
+        let may_be_text = |c: usize| {
+            matches!(
+                self.columns.get(c),
+                Some(Column::Group | Column::Min | Column::Max)
+            )
+        };
+        let sorts = (0..self.order.len())
+            .filter(|&i| may_be_text(self.order[i].column))
+            .map(Probe::Sort);
+        let extremes = self
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| matches!(c, Column::Min | Column::Max))
+            .map(|(i, _)| Probe::Extreme(i));
+        sorts.chain(extremes).collect()
+    }
+
+    /// Where client column `i` starts among the backends' columns (each avg
+    /// takes two).
+    pub fn backend_column(&self, i: usize) -> usize {
+        i + self.columns[..i.min(self.columns.len())]
+            .iter()
+            .filter(|c| **c == Column::Avg)
+            .count()
+    }
+
+    /// How many columns the backends return before the probes.
+    pub fn backend_width(&self) -> usize {
+        self.backend_column(self.columns.len())
+    }
 }
 
 /// One ORDER BY item: the output column it sorts by.
@@ -57,6 +109,8 @@ pub struct SortKey {
     pub position: Option<Source>,
     pub descending: bool,
     pub nulls_first: bool,
+    /// `ORDER BY x COLLATE c`: the collation as written.
+    pub collation: Option<String>,
 }
 
 /// A LIMIT or OFFSET count: from the statement's literals until decided.
@@ -196,7 +250,8 @@ fn combine_of(query: &Query) -> Result<Option<Combine>, &'static str> {
     }
     if simple_aggregates != aggregates {
         return Err(
-            "aggregates inside expressions, or aggregates other than count, sum, min and max",
+            "aggregates inside expressions, or aggregates other than count, sum, avg, min \
+             and max",
         );
     }
     // Each grouping value must be in the select list, or rows of different groups
@@ -215,13 +270,17 @@ fn combine_of(query: &Query) -> Result<Option<Combine>, &'static str> {
             return Err("ORDER BY ALL");
         };
         for item in items {
-            let position = match source(&item.expr) {
+            let (expr, collation) = match &item.expr {
+                Expr::Collate { expr, collation } => (expr.as_ref(), Some(collation.to_string())),
+                e => (e, None),
+            };
+            let position = match source(expr) {
                 Some(s @ (Source::Literal(_) | Source::Constant(_))) => Some(s),
                 _ => None,
             };
             let column = match position {
                 Some(_) => 0,
-                None => sort_column(&item.expr, &names, &exprs)
+                None => sort_column(expr, &names, &exprs)
                     .ok_or("ORDER BY an expression not in the select list")?,
             };
             let descending = match item.options.sort {
@@ -235,6 +294,7 @@ fn combine_of(query: &Query) -> Result<Option<Combine>, &'static str> {
                 descending,
                 // PostgreSQL: NULLs sort as if larger than any value.
                 nulls_first: item.options.nulls_first.unwrap_or(descending),
+                collation,
             });
         }
     }
@@ -256,8 +316,10 @@ fn combine_of(query: &Query) -> Result<Option<Combine>, &'static str> {
 #[allow(clippy::type_complexity)]
 fn limits(query: &Query) -> Result<Option<(Option<Bound>, Option<Bound>)>, &'static str> {
     let bound = |e: &Expr| match source(e) {
-        Some(s @ (Source::Literal(_) | Source::Constant(_))) => Ok(Bound::Source(s)),
-        _ => Err("LIMIT or OFFSET other than a number"),
+        Some(s @ (Source::Literal(_) | Source::Constant(_) | Source::Param(_))) => {
+            Ok(Bound::Source(s))
+        }
+        _ => Err("LIMIT or OFFSET other than a number or a parameter"),
     };
     match &query.limit_clause {
         None => Ok(None),
@@ -288,6 +350,7 @@ fn aggregate_column(expr: &Expr) -> Result<Column, &'static str> {
     let column = match function_name(f).as_str() {
         "count" => Column::Count,
         "sum" => Column::Sum,
+        "avg" => Column::Avg,
         "min" => Column::Min,
         "max" => Column::Max,
         _ => return Ok(Column::Group),
