@@ -211,6 +211,24 @@ async fn keyless_reads_merge_in_the_extended_protocol() {
     }
     let sql = "SELECT grp, count(*) FROM pgbench_history GROUP BY grp ORDER BY 2 DESC, 1 LIMIT $1";
     same(&proxy, &direct, sql, &[&2i64], false).await;
+    // Keys on several backends: their backends only, merged the same way.
+    let keys = "aid IN (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)";
+    for (sql, sorted) in [
+        (format!("SELECT count(*), max(name), avg(price) FROM pgbench_history WHERE {keys}"), false),
+        (format!("SELECT aid, name FROM pgbench_history WHERE {keys} ORDER BY name DESC, aid LIMIT 4"), false),
+        (format!("SELECT aid FROM pgbench_history WHERE {keys}"), true),
+    ] {
+        same(&proxy, &direct, &sql, &[], sorted).await;
+    }
+    let (a, b, c) = (3i32, 4i32, 5i32);
+    same(
+        &proxy,
+        &direct,
+        "SELECT sum(qty), min(label) FROM pgbench_history WHERE aid IN ($1, $2, $3)",
+        &[&a, &b, &c],
+        false,
+    )
+    .await;
 
     // In a transaction: a keyless read first (the deferred BEGIN goes to every
     // backend), then after a keyed write it sees the transaction's own change.
@@ -236,6 +254,31 @@ async fn keyless_reads_merge_in_the_extended_protocol() {
     )
     .await
     .unwrap();
+    // A read on the backends of its keys, in the transaction, sees it too.
+    let keyed: i64 = tx
+        .query_one(
+            "SELECT sum(qty) FROM pgbench_history WHERE aid IN (7, 8, 9, 10, 11)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let simple_keyed = simple(
+        tx.client(),
+        "SELECT sum(qty) FROM pgbench_history WHERE aid IN (7, 8, 9, 10, 11)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(simple_keyed, vec![vec![Some(keyed.to_string())]]);
+    let want: i64 = direct
+        .query_one(
+            "SELECT sum(qty) FROM merged_expect WHERE aid IN (7, 8, 9, 10, 11)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(keyed, want + 100);
     let after: i64 = tx
         .query_one("SELECT sum(qty) FROM pgbench_history", &[])
         .await

@@ -372,7 +372,8 @@ async fn statements_that_need_merging_are_refused_clearly() {
         // An interval is neither compared by the proxy nor ranked by a backend.
         "SELECT aid * interval '1 day' AS d FROM pgbench_accounts ORDER BY d LIMIT 3",
         "SELECT * FROM pgbench_accounts a JOIN pgbench_accounts b ON a.bid = b.aid",
-        "SELECT * FROM pgbench_accounts WHERE aid IN (1, 2, 3, 4, 5, 6, 7, 8)",
+        "SELECT bid, count(*) FROM pgbench_accounts WHERE aid IN (1, 2, 3, 4, 5, 6, 7, 8) \
+         GROUP BY bid HAVING count(*) > 1",
     ] {
         let err = proxy.simple_query(sql).await.unwrap_err();
         assert_eq!(code(&err), Some("0A000"), "{sql}: {err}");

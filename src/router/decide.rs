@@ -26,11 +26,14 @@ pub enum Decision {
     Default,
     /// One backend.
     One(BackendId),
-    /// Several backends, each running the statement as is (keys on several
-    /// backends: reads are merged, writes commit atomically). Sorted, distinct.
-    Many {
+    /// A write whose keys live on several backends, each running it as is
+    /// (atomically). Sorted, distinct.
+    Many { backends: Vec<BackendId> },
+    /// A read whose keys live on several backends: each runs it, the results are
+    /// merged as `merge` says. Sorted, distinct.
+    Gather {
         backends: Vec<BackendId>,
-        write: bool,
+        merge: Merge,
     },
     /// Every backend runs it; writes commit atomically.
     All,
@@ -81,11 +84,19 @@ fn decide_plan(plan: &Plan, values: &Values, map: &ShardMap) -> Decision {
         Plan::Savepoint => Decision::Savepoint,
         Plan::Begin => Decision::Begin,
         Plan::Maintenance => Decision::Maintenance,
-        Plan::Scatter { merge, .. } => scatter(merge, values),
+        Plan::Scatter { merge, .. } => match resolve(merge, values) {
+            Ok(merge) => Decision::Scatter(merge),
+            Err(e) => e,
+        },
         Plan::CopyIn(copy) => Decision::CopyIn(copy.clone()),
         Plan::CopyOut { header, .. } => Decision::CopyOut { header: *header },
         Plan::Unsupported(why) => Decision::Error(why.clone()),
-        Plan::Keyed { table, keys, write } => {
+        Plan::Keyed {
+            table,
+            keys,
+            write,
+            merge,
+        } => {
             let key_type = key_type(map, table);
             let mut backends = Vec::with_capacity(keys.len());
             for source in keys {
@@ -102,9 +113,10 @@ fn decide_plan(plan: &Plan, values: &Values, map: &ShardMap) -> Decision {
                 // Only NULL keys: no row anywhere.
                 [] => Decision::Any,
                 [one] => Decision::One(*one),
-                _ => Decision::Many {
-                    backends,
-                    write: *write,
+                _ if *write => Decision::Many { backends },
+                _ => match resolve(merge, values) {
+                    Ok(merge) => Decision::Gather { backends, merge },
+                    Err(e) => e,
                 },
             }
         }
@@ -164,10 +176,11 @@ fn decide_multi(plans: &[Plan], values: &Values, map: &ShardMap) -> Decision {
     target.map_or(Decision::Any, Decision::One)
 }
 
-/// A keyless read, its LIMIT and OFFSET read from the statement's values.
-fn scatter(merge: &Merge, values: &Values) -> Decision {
+/// How a read on several backends merges, its LIMIT, OFFSET and ORDER BY
+/// positions read from the statement's values.
+fn resolve(merge: &Merge, values: &Values) -> Result<Merge, Decision> {
     let Merge::Combine(combine) = merge else {
-        return Decision::Scatter(merge.clone());
+        return Ok(merge.clone());
     };
     let mut combine = combine.clone();
     // LIMIT NULL means no limit, OFFSET NULL none either.
@@ -177,7 +190,8 @@ fn scatter(merge: &Merge, values: &Values) -> Decision {
                 Ok(Some(Key::Int(n))) if n >= 0 => *bound = Some(Bound::Value(n as u64)),
                 Ok(None) => *bound = Some(Bound::Value(null)),
                 _ => {
-                    return Decision::Error("LIMIT and OFFSET must be non-negative integers".into())
+                    let why = "LIMIT and OFFSET must be non-negative integers";
+                    return Err(Decision::Error(why.into()));
                 }
             }
         }
@@ -190,14 +204,14 @@ fn scatter(merge: &Merge, values: &Values) -> Decision {
                     key.column = n as usize - 1
                 }
                 _ => {
-                    return Decision::Error(format!(
+                    return Err(Decision::Error(format!(
                         "ORDER BY position is not in the select list (1 to {width})"
-                    ))
+                    )))
                 }
             }
         }
     }
-    Decision::Scatter(Merge::Combine(combine))
+    Ok(Merge::Combine(combine))
 }
 
 /// `/* pgshard: key=VALUE */`: the backend owning VALUE, typed as the statement's

@@ -128,18 +128,53 @@ fn keyed_statements_go_to_their_key_s_backend() {
     check(
         m,
         "SELECT * FROM pgbench_accounts WHERE aid IN (1, 2, 3, 4, 5, 6, 7, 8)",
-        Decision::Many {
+        Decision::Gather {
             backends: many.clone(),
-            write: false,
+            merge: Merge::Concat,
         },
     );
+    // A read on several backends merges like a keyless one.
+    check(
+        m,
+        "SELECT count(*) FROM pgbench_accounts WHERE aid IN (1, 2, 3, 4, 5, 6, 7, 8) LIMIT $1",
+        Decision::Error("LIMIT and OFFSET must be non-negative integers".into()),
+    );
+    let analyzed = PlanCache::default()
+        .analyze(
+            "SELECT max(abalance) FROM pgbench_accounts WHERE aid IN ($1, $2, $3, $4, $5, $6, $7, $8)",
+            m,
+        )
+        .unwrap();
+    let keys: Vec<String> = (1..=8).map(|k| k.to_string()).collect();
+    let params: Vec<Param> = keys.iter().map(|k| text(k)).collect();
+    assert_eq!(
+        decide(&analyzed, &params, m),
+        Decision::Gather {
+            backends: many.clone(),
+            merge: Merge::Combine(Box::new(Combine {
+                columns: vec![Column::Max],
+                grouped: true,
+                order: vec![],
+                limit: None,
+                offset: None,
+            })),
+        }
+    );
+    match run(
+        m,
+        "EXPLAIN SELECT * FROM pgbench_accounts WHERE aid IN (1, 2, 3, 4, 5, 6, 7, 8)",
+        &[],
+    ) {
+        Decision::Gather {
+            merge: Merge::No(why),
+            ..
+        } => assert!(why.contains("EXPLAIN"), "{why}"),
+        other => panic!("{other:?}"),
+    }
     check(
         m,
         "DELETE FROM pgbench_accounts WHERE aid IN (1, 2, 3, 4, 5, 6, 7, 8)",
-        Decision::Many {
-            backends: many,
-            write: true,
-        },
+        Decision::Many { backends: many },
     );
 }
 

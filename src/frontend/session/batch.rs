@@ -57,15 +57,16 @@ impl Session {
         Ok(())
     }
 
-    /// An autocommit keyless read on every backend, merged.
+    /// An autocommit read on `backends` (every one, or those of its keys),
+    /// merged.
     pub(super) async fn run_gather_batch(
         &mut self,
         bind: &Bytes,
         merge: &Merge,
+        backends: Vec<BackendId>,
     ) -> Result<(), String> {
         let (request, merged) = self.read_batch(bind, merge).await?;
-        let backends = self.app.topology.load().pools.len();
-        let parts = (0..backends).map(|b| (b, request.clone())).collect();
+        let parts = backends.into_iter().map(|b| (b, request.clone())).collect();
         self.answer(parts, false, merged).await;
         self.batch_taken();
         Ok(())
@@ -78,16 +79,17 @@ impl Session {
         bind: &Bytes,
     ) -> Result<(), String> {
         let every = |s: &Session| (0..s.app.topology.load().pools.len()).collect::<Vec<_>>();
+        let read = super::route::read_on(decision, &self.app.topology.load().map);
         let (backends, request, merged): (Vec<BackendId>, _, _) = match decision {
-            Decision::Scatter(merge @ (Merge::Concat | Merge::Combine(_))) => {
-                let (request, merged) = self.read_batch(bind, merge).await?;
-                (every(self), request, merged)
+            _ if read.is_some() => {
+                let Some((backends, merge)) = read else {
+                    return Err(NOT_PLAIN.into());
+                };
+                let (request, merged) = self.read_batch(bind, &merge).await?;
+                (backends, request, merged)
             }
             Decision::All => (every(self), self.write_batch(bind).await?, Merged::Rows),
-            Decision::Many {
-                backends,
-                write: true,
-            } => (
+            Decision::Many { backends } => (
                 backends.clone(),
                 self.write_batch(bind).await?,
                 Merged::Rows,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::route::read_on;
 use super::servers::{error_reply, release, rollback_all};
 use super::Session;
 use crate::backend::pool::Guard;
@@ -33,46 +34,18 @@ impl Session {
         self.answer(parts, atomic, Merged::Rows).await;
     }
 
-    /// A keyless read (a whole Query message) on every backend, outside any
-    /// transaction, its replies merged as `merge` says.
-    pub(super) async fn run_gather(&mut self, query: &Bytes, merge: Merge) {
-        let Some((parts, merged)) = self.gather_parts(query, merge) else {
-            let e = ClientError::Unsupported(
-                "pgshard could not rewrite this read's LIMIT/OFFSET for every backend".into(),
-            );
-            return self.reply_error(e);
-        };
-        self.answer(parts, false, merged).await;
-    }
-
-    /// A keyless read for every backend: as sent, or rewritten for the merge
-    /// (`router::scatter`).
-    fn gather_parts(
-        &self,
+    /// A read (a whole Query message) on `backends`, outside any transaction, its
+    /// replies merged as `merge` says.
+    pub(super) async fn run_gather(
+        &mut self,
         query: &Bytes,
         merge: Merge,
-    ) -> Option<(Vec<(BackendId, Request)>, Merged)> {
-        let backends = self.app.topology.load().pools.len();
-        let (bytes, merged) = match merge {
-            Merge::Combine(combine) => {
-                let bytes = match crate::router::scatter::scatter_sql(query_text(query)?, &combine)?
-                {
-                    Some(scatter) => {
-                        let mut out = BytesMut::new();
-                        messages::query(&mut out, &scatter.sql);
-                        out.freeze()
-                    }
-                    None => query.clone(),
-                };
-                (bytes, Merged::Combine(combine))
-            }
-            _ => (query.clone(), Merged::Rows),
+        backends: Vec<BackendId>,
+    ) {
+        let Some((parts, merged)) = gather_parts(query, merge, backends) else {
+            return self.reply_error(ClientError::Unsupported(NOT_REWRITTEN.into()));
         };
-        let request = Request::plain(bytes);
-        Some((
-            (0..backends).map(|b| (b, request.clone())).collect(),
-            merged,
-        ))
+        self.answer(parts, false, merged).await;
     }
 
     /// Runs one Query per backend, atomically.
@@ -145,18 +118,16 @@ impl Session {
             let backends = self.app.topology.load().pools.len();
             (0..backends).map(|b| (b, request(query.clone()))).collect()
         };
+        let read = read_on(&decision, &self.app.topology.load().map);
+        if let Some((backends, merge)) = read {
+            let Some((parts, merged)) = gather_parts(query, merge, backends) else {
+                return self.fail_transaction(ClientError::Unsupported(NOT_REWRITTEN.into()));
+            };
+            return self.spread(parts, merged).await;
+        }
         let (parts, merged) = match decision {
             Decision::All => (every(query), Merged::Rows),
-            Decision::Scatter(merge @ (Merge::Concat | Merge::Combine(_))) => {
-                match self.gather_parts(query, merge) {
-                    Some(parts) => parts,
-                    None => {
-                        let why = "pgshard could not rewrite this read's LIMIT/OFFSET";
-                        return self.fail_transaction(ClientError::Unsupported(why.into()));
-                    }
-                }
-            }
-            Decision::Many { backends, .. } => {
+            Decision::Many { backends } => {
                 let parts = backends.into_iter().map(|b| (b, request(query.clone())));
                 (parts.collect(), Merged::Rows)
             }
@@ -220,6 +191,35 @@ impl Session {
         self.pipeline.push(Expect::Synthetic(reply.freeze()));
     }
 }
+
+/// A read for `backends`: as sent, or rewritten for the merge (`router::scatter`).
+fn gather_parts(
+    query: &Bytes,
+    merge: Merge,
+    backends: Vec<BackendId>,
+) -> Option<(Vec<(BackendId, Request)>, Merged)> {
+    let (bytes, merged) = match merge {
+        Merge::Combine(combine) => {
+            let bytes = match crate::router::scatter::scatter_sql(query_text(query)?, &combine)? {
+                Some(scatter) => {
+                    let mut out = BytesMut::new();
+                    messages::query(&mut out, &scatter.sql);
+                    out.freeze()
+                }
+                None => query.clone(),
+            };
+            (bytes, Merged::Combine(combine))
+        }
+        _ => (query.clone(), Merged::Rows),
+    };
+    let request = Request::plain(bytes);
+    Some((
+        backends.into_iter().map(|b| (b, request.clone())).collect(),
+        merged,
+    ))
+}
+
+const NOT_REWRITTEN: &str = "pgshard could not rewrite this read for the backends";
 
 /// Why running parts stopped.
 pub(super) enum Failure {

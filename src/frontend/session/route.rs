@@ -43,10 +43,10 @@ pub(super) enum Target {
     /// Some backends, each its own Query, atomically (split INSERT, keyed writes on
     /// several backends).
     Fanout(Vec<(BackendId, Bytes)>),
-    /// A keyless read on every backend, replies merged.
-    Gather(Merge),
+    /// A read on these backends (every one, or those of its keys), replies merged.
+    Gather(Vec<BackendId>, Merge),
     /// The same as an extended-protocol batch.
-    GatherBatch(Merge),
+    GatherBatch(Vec<BackendId>, Merge),
     /// An extended-protocol write on these backends, atomically.
     FanoutBatch(Vec<BackendId>),
     /// An extended-protocol batch on several backends inside the client's
@@ -155,10 +155,12 @@ impl Session {
                 Ok(()) => return false,
                 Err(why) => ClientError::Unsupported(why),
             },
-            Target::GatherBatch(merge) => match self.run_gather_batch(frame, &merge).await {
-                Ok(()) => return false,
-                Err(why) => ClientError::Unsupported(why),
-            },
+            Target::GatherBatch(backends, merge) => {
+                match self.run_gather_batch(frame, &merge, backends).await {
+                    Ok(()) => return false,
+                    Err(why) => ClientError::Unsupported(why),
+                }
+            }
             Target::SpreadBatch(decision) => match self.spread_batch(&decision, frame).await {
                 Ok(()) => return false,
                 Err(why) => ClientError::Unsupported(why),
@@ -171,8 +173,8 @@ impl Session {
                 self.run_parts(parts).await;
                 return false;
             }
-            Target::Gather(merge) => {
-                self.run_gather(frame, merge).await;
+            Target::Gather(backends, merge) => {
+                self.run_gather(frame, merge, backends).await;
                 return false;
             }
             Target::Refuse(e) => e,
@@ -316,23 +318,20 @@ impl Session {
             Decision::CopyIn(copy) if autocommit => Target::CopyIn(copy),
             Decision::CopyOut { header } if autocommit => Target::CopyOut(header),
             Decision::Maintenance if autocommit => Target::Maintenance,
-            Decision::Many {
-                backends,
-                write: true,
-            } if autocommit => {
+            Decision::Many { backends } if autocommit => {
                 let query = Bytes::copy_from_slice(frame);
                 Target::Fanout(backends.into_iter().map(|b| (b, query.clone())).collect())
             }
-            Decision::Scatter(merge @ (Merge::Concat | Merge::Combine(_))) if autocommit => {
-                Target::Gather(merge)
+            Decision::Many { backends } if tag == b'B' => Target::FanoutBatch(backends),
+            d if matches!(tag, b'Q' | b'B') && read_on(&d, map).is_some() => {
+                let Some((backends, merge)) = read_on(&d, map) else {
+                    return default;
+                };
+                match tag {
+                    b'Q' => Target::Gather(backends, merge),
+                    _ => Target::GatherBatch(backends, merge),
+                }
             }
-            Decision::Scatter(merge @ (Merge::Concat | Merge::Combine(_))) if tag == b'B' => {
-                Target::GatherBatch(merge)
-            }
-            Decision::Many {
-                backends,
-                write: true,
-            } if tag == b'B' => Target::FanoutBatch(backends),
             Decision::Split(split) if autocommit => match split_query(frame, &split) {
                 Some(parts) => Target::Fanout(parts),
                 None => Target::Refuse(ClientError::Unsupported(needs_several(&Decision::Split(
@@ -418,14 +417,33 @@ impl Session {
     }
 }
 
+/// A read on several backends that can be merged: the backends (every one, or
+/// those of its keys) and how.
+pub(super) fn read_on(decision: &Decision, map: &ShardMap) -> Option<(Vec<BackendId>, Merge)> {
+    match decision {
+        Decision::Scatter(merge @ (Merge::Concat | Merge::Combine(_))) => {
+            Some(((0..map.backends.len()).collect(), merge.clone()))
+        }
+        Decision::Gather {
+            backends,
+            merge: merge @ (Merge::Concat | Merge::Combine(_)),
+        } => Some((backends.clone(), merge.clone())),
+        _ => None,
+    }
+}
+
 /// Decisions that run on several backends inside a transaction as an extended
 /// batch (`batch.rs`).
 pub(super) fn spreads_batch(decision: &Decision) -> bool {
     matches!(
         decision,
         Decision::All
-            | Decision::Many { write: true, .. }
+            | Decision::Many { .. }
             | Decision::Scatter(Merge::Concat | Merge::Combine(_))
+            | Decision::Gather {
+                merge: Merge::Concat | Merge::Combine(_),
+                ..
+            }
     )
 }
 
@@ -437,6 +455,10 @@ pub(super) fn spreads(decision: &Decision) -> bool {
             | Decision::Many { .. }
             | Decision::Split(_)
             | Decision::Scatter(Merge::Concat | Merge::Combine(_))
+            | Decision::Gather {
+                merge: Merge::Concat | Merge::Combine(_),
+                ..
+            }
             | Decision::CopyIn(_)
             | Decision::CopyOut { .. }
     )
@@ -466,9 +488,10 @@ pub(super) fn split_query(
 fn unrouted_kind(decision: &Decision) -> Option<&'static str> {
     match decision {
         Decision::All | Decision::Maintenance => Some("all_backends"),
-        Decision::Scatter(_) | Decision::Many { .. } | Decision::Split(_) => {
-            Some("several_backends")
-        }
+        Decision::Scatter(_)
+        | Decision::Gather { .. }
+        | Decision::Many { .. }
+        | Decision::Split(_) => Some("several_backends"),
         Decision::CopyIn(_) | Decision::CopyOut { .. } => Some("copy"),
         Decision::Error(_) => Some("refused"),
         _ => None,
@@ -478,13 +501,11 @@ fn unrouted_kind(decision: &Decision) -> Option<&'static str> {
 /// Why a decision that needs several backends cannot run (yet).
 pub(super) fn needs_several(decision: &Decision) -> String {
     let what = match decision {
-        Decision::Many { .. } => {
-            "its keys live on several backends (a read would need merging, a write runs \
-             atomically only outside a transaction)"
-        }
-        Decision::Scatter(Merge::No(why)) => {
-            return format!("pgshard cannot run this statement yet: {why}")
-        }
+        Decision::Scatter(Merge::No(why))
+        | Decision::Gather {
+            merge: Merge::No(why),
+            ..
+        } => return format!("pgshard cannot run this statement yet: {why}"),
         Decision::Scatter(_) => {
             "it reads a sharded table without its key (gathered only for a simple Query \
              outside a transaction)"

@@ -177,7 +177,8 @@ pub(super) fn merge_of(query: &Query) -> Merge {
         Ok(None) => Merge::Concat,
         Ok(Some(combine)) => Merge::Combine(Box::new(combine)),
         Err(why) => Merge::No(format!(
-            "a read without its key needs {why} merged across backends"
+            "a read without its key, or with keys on several backends, needs {why} merged \
+             across backends"
         )),
     }
 }

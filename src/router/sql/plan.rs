@@ -62,6 +62,9 @@ pub enum Plan {
         table: String,
         keys: Vec<Source>,
         write: bool,
+        /// For a read whose keys turn out to live on several backends: how their
+        /// rows merge.
+        merge: Merge,
     },
     /// INSERT ... VALUES into a sharded table: one key per row, rows split by backend.
     Insert { table: String, rows: Vec<Source> },
@@ -171,7 +174,15 @@ fn plan_statement(statement: &Statement, map: &ShardMap) -> Plan {
             plan_copy(source, *to, target, format, &tables)
         }
         Statement::Explain { statement, .. } => match plan_statement(statement, map) {
-            plan @ (Plan::Any | Plan::Default | Plan::Keyed { .. }) => plan,
+            Plan::Keyed {
+                table, keys, write, ..
+            } => Plan::Keyed {
+                table,
+                keys,
+                write,
+                merge: Merge::No("EXPLAIN merged across backends".into()),
+            },
+            plan @ (Plan::Any | Plan::Default) => plan,
             _ => Plan::Unsupported("EXPLAIN of a statement that spans backends".into()),
         },
         Statement::StartTransaction { .. } => Plan::Begin,
@@ -286,7 +297,15 @@ fn plan_query(query: &Query, tables: &Tables) -> Plan {
         key_sources(s.selection.as_ref()?, &table, key, &s.from)
     });
     match keys {
-        Some(keys) => Plan::Keyed { table, keys, write },
+        Some(keys) => Plan::Keyed {
+            table,
+            keys,
+            write,
+            merge: match write {
+                true => Merge::Concat,
+                false => merge_of(query),
+            },
+        },
         None if write => Plan::All,
         None => Plan::Scatter {
             table,
@@ -367,6 +386,7 @@ fn plan_write(tables: &Tables, from: &[TableWithJoins], selection: Option<&Expr>
             table,
             keys,
             write: true,
+            merge: Merge::Concat,
         },
         None => Plan::All,
     }
