@@ -101,6 +101,19 @@ impl<'a> Gathered<'a> {
             );
         }
         let probes = spec.probes();
+        if spec.grouped {
+            let groups = spec.columns.iter().enumerate();
+            for (c, _) in groups.filter(|(_, c)| **c == Column::Group) {
+                let ty = fields.get(spec.backend_column(c)).map(|(_, t)| *t);
+                if let Some(ty) = ty.filter(|t| !t.groups()) {
+                    return Err(format!(
+                        "GROUP BY or DISTINCT on a column of a type (oid {}) whose equal \
+                         values may differ in form across backends",
+                        ty.oid
+                    ));
+                }
+            }
+        }
         let expected = match spec.columns.is_empty() {
             true => fields.len(),
             false => spec.backend_width() + probes.len(),

@@ -276,6 +276,24 @@ fn what_cannot_be_compared_is_an_error() {
 }
 
 #[test]
+fn groups_of_a_type_whose_equal_values_differ_in_form_are_refused() {
+    // interval: '1 day' = '24:00:00', by its bytes they would be two groups.
+    let d = text_description(&[1186, 20]);
+    let a = vec![d.clone(), row(&[Some("1 day"), Some("1")])];
+    let b = vec![d, row(&[Some("24:00:00"), Some("1")])];
+    let spec = spec(vec![Column::Group, Column::Count], true, vec![]);
+    assert!(combine(&[a, b], &spec, None, 0)
+        .unwrap_err()
+        .contains("GROUP BY"));
+    // inet prints one form per value: grouped by its bytes.
+    let d = text_description(&[869, 20]);
+    let a = vec![d.clone(), row(&[Some("10.0.0.1"), Some("1")])];
+    let b = vec![d, row(&[Some("10.0.0.1"), Some("2")])];
+    let out = combine(&[a, b], &spec, None, 0).unwrap();
+    assert_eq!(rows_of(&out), vec![vec![s("10.0.0.1"), s("3")]]);
+}
+
+#[test]
 fn numeric_groups_match_by_value() {
     let d = text_description(&[1700, 20]);
     let a = vec![d.clone(), row(&[Some("1.0"), Some("2")])];

@@ -31,7 +31,11 @@ pub enum Kind {
     /// text, varchar, bpchar, name: ordered by a collation (bytes under "C",
     /// otherwise ranked by a backend).
     Collated,
-    /// Anything else: equality only.
+    /// Types whose equal values print alike (bytea, "char", inet, cidr, macaddr,
+    /// bit strings): equality by bytes, no order.
+    Plain,
+    /// Anything else (interval, jsonb, arrays, extension types ...): equal values
+    /// may differ in form (`1 day` = `24:00:00`), so not even equality.
     Other,
 }
 
@@ -47,6 +51,7 @@ pub fn kind_of(oid: i32) -> Kind {
         16 | 2950 => Kind::Bytewise,
         1082 | 1083 | 1114 | 1184 => Kind::Temporal,
         19 | 25 | 1042 | 1043 => Kind::Collated,
+        17 | 18 | 650 | 774 | 829 | 869 | 1560 | 1562 => Kind::Plain,
         _ => Kind::Other,
     }
 }
@@ -88,9 +93,15 @@ impl Type {
     pub fn compares(&self) -> bool {
         match self.kind {
             Kind::Temporal => self.binary,
-            Kind::Collated | Kind::Other => false,
+            Kind::Collated | Kind::Plain | Kind::Other => false,
             _ => true,
         }
+    }
+
+    /// Values of it from different backends can be told equal or not (GROUP BY,
+    /// DISTINCT): by `group_key`.
+    pub fn groups(&self) -> bool {
+        self.kind != Kind::Other
     }
 
     /// Its values must be ranked by a backend to be ordered.
@@ -119,7 +130,7 @@ impl Type {
                 };
                 Some(signed(a)?.cmp(&signed(b)?))
             }
-            Kind::Temporal | Kind::Collated | Kind::Other => None,
+            Kind::Temporal | Kind::Collated | Kind::Plain | Kind::Other => None,
         }
     }
 
