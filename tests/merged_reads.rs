@@ -575,4 +575,71 @@ async fn keyed_writes_on_several_backends_in_the_extended_protocol() {
     assert_eq!(updated, 2);
     tx.rollback().await.unwrap();
     assert_eq!((qty(a).await, qty(b).await), (Some(40), Some(40)));
+
+    // A multi-row INSERT with parameters, its rows on two backends: split, with
+    // each part's parameters renumbered; atomically.
+    let (c, d) = (
+        ROWS + 1,
+        (ROWS + 2..)
+            .find(|&k| backend(k) != backend(ROWS + 1))
+            .unwrap(),
+    );
+    let insert = "INSERT INTO pgbench_history (aid, qty, name) VALUES ($1, 10 / $2, $3), \
+                  ($4, 10 / $5, $6)";
+    let err = proxy
+        .execute(insert, &[&c, &1i32, &"c", &d, &0i32, &"d"])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some("22012"), "{err}");
+    let count = |aid: i32| {
+        let reader = &reader;
+        async move {
+            reader
+                .query_one(
+                    "SELECT count(*) FROM pgbench_history WHERE aid = $1",
+                    &[&aid],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!((count(c).await, count(d).await), (0, 0));
+    let inserted = proxy
+        .execute(insert, &[&c, &1i32, &"c", &d, &2i32, &"d"])
+        .await
+        .unwrap();
+    assert_eq!(inserted, 2);
+    assert_eq!((qty(c).await, qty(d).await), (Some(10), Some(5)));
+    // Each row is on its own key's backend.
+    for (aid, name) in [(c, "c"), (d, "d")] {
+        let direct = common::backend_client(cluster(), backend(aid)).await;
+        let row = direct
+            .query_one("SELECT name FROM pgbench_history WHERE aid = $1", &[&aid])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), name);
+    }
+    // In a transaction, with RETURNING and a parameter both rows use, rolled back.
+    let (c, d) = (
+        c + 1000,
+        (d + 1000..)
+            .find(|&k| backend(k) != backend(c + 1000))
+            .unwrap(),
+    );
+    let tx = proxy.transaction().await.unwrap();
+    let rows = tx
+        .query(
+            "INSERT INTO pgbench_history (aid, name) VALUES ($1, $2), ($3, $2) RETURNING aid",
+            &[&c, &"t", &d],
+        )
+        .await
+        .unwrap();
+    let mut returned: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    returned.sort_unstable();
+    let mut want = vec![c, d];
+    want.sort_unstable();
+    assert_eq!(returned, want);
+    tx.rollback().await.unwrap();
+    assert_eq!((count(c).await, count(d).await), (0, 0));
 }

@@ -49,6 +49,8 @@ pub(super) enum Target {
     GatherBatch(Vec<BackendId>, Merge),
     /// An extended-protocol write on these backends, atomically.
     FanoutBatch(Vec<BackendId>),
+    /// An extended-protocol INSERT whose rows belong on several backends, split.
+    SplitBatch(Vec<(BackendId, Vec<usize>)>),
     /// An extended-protocol batch on several backends inside the client's
     /// (deferred) transaction.
     SpreadBatch(Decision),
@@ -152,6 +154,10 @@ impl Session {
                 }
             }
             Target::FanoutBatch(backends) => match self.run_batch_on(frame, backends).await {
+                Ok(()) => return false,
+                Err(why) => ClientError::Unsupported(why),
+            },
+            Target::SplitBatch(split) => match self.run_split_batch(frame, &split).await {
                 Ok(()) => return false,
                 Err(why) => ClientError::Unsupported(why),
             },
@@ -323,6 +329,7 @@ impl Session {
                 Target::Fanout(backends.into_iter().map(|b| (b, query.clone())).collect())
             }
             Decision::Many { backends } if tag == b'B' => Target::FanoutBatch(backends),
+            Decision::Split(split) if tag == b'B' => Target::SplitBatch(split),
             d if matches!(tag, b'Q' | b'B') && read_on(&d, map).is_some() => {
                 let Some((backends, merge)) = read_on(&d, map) else {
                     return default;
@@ -439,6 +446,7 @@ pub(super) fn spreads_batch(decision: &Decision) -> bool {
         decision,
         Decision::All
             | Decision::Many { .. }
+            | Decision::Split(_)
             | Decision::Scatter(Merge::Concat | Merge::Combine(_))
             | Decision::Gather {
                 merge: Merge::Concat | Merge::Combine(_),
