@@ -14,6 +14,7 @@ mod route;
 mod servers;
 mod shared;
 mod span;
+mod split;
 
 use std::sync::Arc;
 use std::time::Instant;
