@@ -14,6 +14,7 @@ use crate::frontend::auth::Secrets;
 use crate::frontend::clients::ClientRegistry;
 use crate::frontend::statements::KnownStatements;
 use crate::limits;
+use crate::moves::gate::Gate;
 use crate::router::sql::PlanCache;
 use crate::router::ShardMap;
 use crate::stats::Stats;
@@ -30,6 +31,8 @@ pub struct App {
     pub plans: PlanCache,
     /// Two-phase commits across backends; its decision log is on the default backend.
     pub coordinator: Coordinator,
+    /// Holds a moving vshard's statements for a moment (`moves::gate`).
+    pub gate: Arc<Gate>,
     pub stats: Stats,
     pub shutdown: CancellationToken,
     pub started: Instant,
@@ -49,6 +52,7 @@ impl App {
             known_statements: KnownStatements::default(),
             plans: PlanCache::default(),
             coordinator,
+            gate: Arc::default(),
             stats,
             shutdown: CancellationToken::new(),
             started: Instant::now(),

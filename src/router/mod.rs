@@ -10,5 +10,6 @@ pub mod hash;
 pub mod shardmap;
 pub mod split;
 pub mod sql;
+pub mod touch;
 
 pub use shardmap::{BackendId, ShardMap};

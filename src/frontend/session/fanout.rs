@@ -33,7 +33,7 @@ impl Session {
             bytes: query.clone(),
             statement: None,
         };
-        let backends = self.app.topology.load().pools.len();
+        let backends = self.topology().pools.len();
         let parts = (0..backends).map(|b| (b, request.clone())).collect();
         self.answer(parts, atomic, Merged::Rows).await;
     }
@@ -57,7 +57,7 @@ impl Session {
         query: &Bytes,
         merge: Merge,
     ) -> Option<(Vec<(BackendId, Request)>, Merged)> {
-        let backends = self.app.topology.load().pools.len();
+        let backends = self.topology().pools.len();
         let (bytes, merged) = match merge {
             Merge::Combine(combine) => {
                 let bytes = match crate::router::split::scatter_limit(query_text(query)?, &combine)?
@@ -105,7 +105,7 @@ impl Session {
         let Some(request) = self.batch_request(bind) else {
             return false;
         };
-        let backends = self.app.topology.load().pools.len();
+        let backends = self.topology().pools.len();
         let parts = (0..backends).map(|b| (b, request.clone())).collect();
         self.answer(parts, true, Merged::Rows).await;
         // The batch's Sync was taken with it.
@@ -211,7 +211,7 @@ impl Session {
             statement: None,
         };
         let every = |query: &Bytes| {
-            let backends = self.app.topology.load().pools.len();
+            let backends = self.topology().pools.len();
             (0..backends).map(|b| (b, request(query.clone()))).collect()
         };
         let (parts, merged) = match decision {
