@@ -241,6 +241,7 @@ pub(super) fn key_type(map: &ShardMap, table: &str) -> KeyType {
 /// The backend owning `key`'s vshard.
 pub fn owner(map: &ShardMap, key: &Key) -> BackendId {
     let vshard = key.vshard(map.vshards());
+    map.load.record(vshard);
     // The map has exactly `vshards` entries (checked when it was parsed).
     map.assignment
         .get(vshard as usize)

@@ -7,6 +7,7 @@
 pub mod copy;
 pub mod decide;
 pub mod hash;
+pub mod load;
 pub mod shardmap;
 pub mod split;
 pub mod sql;

@@ -119,6 +119,8 @@ pub struct ShardMap {
     pub default_backend: BackendId,
     pub tables: HashMap<String, ShardedTable>,
     pub reference_tables: HashSet<String>,
+    /// Statements routed to each vshard (kept across map versions by `Topology`).
+    pub load: std::sync::Arc<super::load::VshardLoad>,
 }
 
 impl ShardMap {
@@ -194,6 +196,7 @@ impl ShardMap {
             default_backend,
             tables,
             reference_tables,
+            load: std::sync::Arc::new(super::load::VshardLoad::new(raw.vshards)),
         })
     }
 
