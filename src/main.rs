@@ -105,6 +105,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = runtime()?;
@@ -129,7 +130,13 @@ fn main() -> anyhow::Result<()> {
                 })
                 .await
             }
-            admin => run_admin(admin).await.map_err(anyhow::Error::msg),
+            admin => {
+                if let Err(message) = run_admin(admin).await {
+                    eprintln!("pgshard: {message}");
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
         }
     })
 }

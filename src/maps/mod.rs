@@ -97,6 +97,13 @@ impl App {
         let running = self.topology.load_full();
         let map = ShardMap::parse(text)?;
         check::compare(&running.map, &map, force).map_err(ApplyError::Refused)?;
+        if let Some(v) = self.gate.moving() {
+            if running.map.owner_name(v) != map.owner_name(v) {
+                return Err(ApplyError::Refused(format!(
+                    "vshard {v} is being moved; the move decides where it goes"
+                )));
+            }
+        }
         check::reachable(&running, &map)
             .await
             .map_err(ApplyError::Refused)?;
@@ -110,11 +117,16 @@ impl App {
     /// Writes `map` to the map file and the history: once this returns, a restart
     /// runs this map.
     pub fn save_map(&self, map: &ShardMap, how: How) -> Result<(), ApplyError> {
-        history::write_atomic(&self.config.shard_map, map.text.0.as_bytes())
-            .map_err(|e| ApplyError::Save(format!("{}: {e}", self.config.shard_map.display())))?;
+        self.persist_map(map)?;
         self.history
             .record(map, how)
             .map_err(|e| ApplyError::Save(e.to_string()))
+    }
+
+    /// Writes `map` to the map file only (the history may follow later).
+    pub fn persist_map(&self, map: &ShardMap) -> Result<(), ApplyError> {
+        history::write_atomic(&self.config.shard_map, map.text.0.as_bytes())
+            .map_err(|e| ApplyError::Save(format!("{}: {e}", self.config.shard_map.display())))
     }
 
     /// Swaps `map` in (the caller checked and saved it).

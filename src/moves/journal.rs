@@ -13,10 +13,9 @@ use crate::maps::history::write_atomic;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
-    /// Capture triggers, staging tables and copies: undone at restart.
+    /// Capture triggers, staging tables, copies, the switch: undone at restart
+    /// unless the map the proxy starts with has the vshard on the target.
     Copying,
-    /// The map of `to_version` is being saved: switched if the running map has it.
-    Switching,
     /// Switched: the old backend's rows and the move's objects still to remove.
     Switched,
     Done,
@@ -32,7 +31,7 @@ pub struct Record {
     pub target: String,
     pub tables: Vec<MovedTable>,
     pub step: Step,
-    /// The map version the switch makes (set at `Switching`).
+    /// The map version the switch made.
     pub to_version: Option<u64>,
     pub started_at: u64,
     /// Why it was rolled back, if it was.

@@ -24,7 +24,7 @@ use super::finish::{self, connect, retry_locked};
 use super::gate::MoveGate;
 use super::journal::{Journal, Record, Step};
 use super::schema;
-use super::sql::{MovedTable, Names, CAPTURE_SETUP};
+use super::sql::{MovedTable, Names, CAPTURE_SETUP, DDL_LOCK};
 use crate::app::App;
 use crate::backend::server::ServerConn;
 use crate::backend::Topology;
@@ -203,6 +203,8 @@ pub(super) struct Mover {
     pub(super) started: Instant,
     /// The topology before the switch, until statements routed by it are done.
     pub(super) old: Option<Arc<Topology>>,
+    /// The map the switch installed, until the history has it.
+    pub(super) installed: Option<crate::router::ShardMap>,
 }
 
 fn failed(what: &str) -> impl Fn(crate::backend::server::ServerError) -> String + '_ {
@@ -233,6 +235,7 @@ impl Mover {
             pause: Duration::ZERO,
             started: Instant::now(),
             old: None,
+            installed: None,
         })
     }
 
@@ -290,12 +293,16 @@ impl Mover {
                 ));
             }
         }
-        self.src
-            .execute(CAPTURE_SETUP)
-            .await
-            .map_err(failed("capture setup on the source"))?;
+        // A concurrent creator of the schema outside DDL_LOCK (two-phase recovery's
+        // log) may make the first try fail; the second finds it there.
+        if self.src.execute(CAPTURE_SETUP).await.is_err() {
+            self.src
+                .execute(CAPTURE_SETUP)
+                .await
+                .map_err(failed("capture setup on the source"))?;
+        }
         self.dst
-            .execute("CREATE SCHEMA IF NOT EXISTS pgshard")
+            .execute(&format!("{DDL_LOCK}; CREATE SCHEMA IF NOT EXISTS pgshard"))
             .await
             .map_err(failed("target"))?;
         for (i, table) in self.record.tables.iter().enumerate() {

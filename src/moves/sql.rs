@@ -9,8 +9,13 @@
 use super::schema::{ident, literal};
 use crate::router::hash::{KeyType, COMBINE, SEED};
 
-/// The change log, its trigger function (created once per backend, kept).
-pub const CAPTURE_SETUP: &str = "CREATE SCHEMA IF NOT EXISTS pgshard; \
+/// Serializes pgshard's DDL on a backend (several proxies, or moves, at once).
+pub const DDL_LOCK: &str = "SELECT pg_advisory_xact_lock(7243600001)";
+
+/// The change log, its trigger function (created once per backend, kept), under
+/// `DDL_LOCK`.
+pub const CAPTURE_SETUP: &str = "SELECT pg_advisory_xact_lock(7243600001); \
+    CREATE SCHEMA IF NOT EXISTS pgshard; \
     CREATE TABLE IF NOT EXISTS pgshard.move_changes (\
       id bigserial PRIMARY KEY, move_id text NOT NULL, tbl text NOT NULL, key text); \
     CREATE OR REPLACE FUNCTION pgshard.move_capture() RETURNS trigger LANGUAGE plpgsql AS $f$ \

@@ -33,11 +33,12 @@ impl Mover {
                 continue;
             }
             let held = Instant::now();
-            let switched = self.switch_held(gate, journal).await;
+            let switched = self.switch_held(gate).await;
             gate.release_writes();
             match switched {
                 Ok(true) => {
                     self.pause = held.elapsed();
+                    self.record_switch(journal);
                     metrics::histogram!("pgshard_move_write_pause_seconds")
                         .record(self.pause.as_secs_f64());
                     return Ok(());
@@ -61,7 +62,7 @@ impl Mover {
 
     /// With the writes held. `Ok(false)`: statements on every vshard did not end
     /// in time (nothing changed).
-    async fn switch_held(&mut self, gate: &MoveGate, journal: &Journal) -> Result<bool, String> {
+    async fn switch_held(&mut self, gate: &MoveGate) -> Result<bool, String> {
         self.catch_up().await?;
         if gate.hold_spanning(self.app.config.move_hold).await.is_err() {
             return Ok(false);
@@ -82,13 +83,10 @@ impl Mover {
             .map_err(|e| e.to_string())?;
         self.insert_prepared().await?;
         failpoint("prepared").await;
-        self.record.step = Step::Switching;
+        // The decision: once the map file has the vshard on the target, the move
+        // has happened (recovery reads it off the map the proxy starts with).
+        self.app.persist_map(&new_map).map_err(|e| e.to_string())?;
         self.record.to_version = Some(new_map.version);
-        // The decision: once the new map is saved, the move has happened.
-        journal.write(&self.record).map_err(|e| e.to_string())?;
-        self.app
-            .save_map(&new_map, How::Move)
-            .map_err(|e| e.to_string())?;
         failpoint("decided").await;
         let gid = literal(&self.names().gid());
         if let Err(e) = self.dst.execute(&format!("COMMIT PREPARED {gid}")).await {
@@ -96,9 +94,8 @@ impl Mover {
             tracing::error!(vshard, error = %e, "COMMIT PREPARED failed on the target; recovery completes it");
         }
         self.old = Some(running.clone());
+        self.installed = Some(new_map.clone());
         let swapped = self.app.install_map(new_map);
-        self.record.step = Step::Switched;
-        let _ = journal.write(&self.record);
         tracing::info!(
             vshard,
             from = %self.record.source,
@@ -108,6 +105,20 @@ impl Mover {
             "vshard switched"
         );
         Ok(true)
+    }
+
+    /// Once the writes go on: the journal and the map history learn of the switch
+    /// (recovery does not need them: the map file decided).
+    fn record_switch(&mut self, journal: &Journal) {
+        self.record.step = Step::Switched;
+        if let Err(e) = journal.write(&self.record) {
+            tracing::warn!(error = %e, "cannot write the move journal");
+        }
+        if let Some(map) = self.installed.take() {
+            if let Err(e) = self.app.history.record(&map, How::Move) {
+                tracing::warn!(error = %e, "cannot record the map in the history");
+            }
+        }
     }
 
     /// Inserts the staged rows into the target's tables, in a prepared transaction.
