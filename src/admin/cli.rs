@@ -117,8 +117,8 @@ pub async fn map_apply(admin: &Admin, file: &str, force: bool) -> Result<(), Str
     };
     let done = admin.call("POST", path, Some(&read_file(file)?)).await?;
     println!(
-        "applied version {} (was {})",
-        done["version"], done["previous"]
+        "applied version {} (was {}); swapped in {} us",
+        done["version"], done["previous"], done["swap_us"]
     );
     print_changes(&done);
     Ok(())
