@@ -14,6 +14,9 @@ use crate::frontend::auth::Secrets;
 use crate::frontend::clients::ClientRegistry;
 use crate::frontend::statements::KnownStatements;
 use crate::limits;
+use crate::maps::History;
+use crate::moves::gate::Gate;
+use crate::moves::rebalance::Rebalancer;
 use crate::router::sql::PlanCache;
 use crate::router::ShardMap;
 use crate::stats::Stats;
@@ -30,13 +33,21 @@ pub struct App {
     pub plans: PlanCache,
     /// Two-phase commits across backends; its decision log is on the default backend.
     pub coordinator: Coordinator,
+    /// Holds a moving vshard's statements for a moment (`moves::gate`).
+    pub gate: Arc<Gate>,
+    /// One shard map change at a time: apply, rollback, reload, a move's switch.
+    pub map_changes: tokio::sync::Mutex<()>,
+    /// The maps applied so far (`maps::history`).
+    pub history: History,
+    /// The rebalance job, if one ran (`moves::rebalance`).
+    pub rebalancer: Rebalancer,
     pub stats: Stats,
     pub shutdown: CancellationToken,
     pub started: Instant,
 }
 
 impl App {
-    pub fn new(config: Config, map: ShardMap, stats: Stats) -> Arc<App> {
+    pub fn new(config: Config, map: ShardMap, history: History, stats: Stats) -> Arc<App> {
         let topology = Topology::new(map, None, config.pool_size, config.checkout_timeout);
         let secrets = Secrets::new(&config.users);
         let log = topology.pool(topology.map.default_backend).clone();
@@ -49,6 +60,10 @@ impl App {
             known_statements: KnownStatements::default(),
             plans: PlanCache::default(),
             coordinator,
+            gate: Arc::default(),
+            map_changes: tokio::sync::Mutex::new(()),
+            history,
+            rebalancer: Rebalancer::default(),
             stats,
             shutdown: CancellationToken::new(),
             started: Instant::now(),

@@ -80,6 +80,10 @@ struct RawConfig {
     startup_timeout_ms: u64,
     #[serde(default = "default_recovery_interval_ms")]
     two_phase_recovery_interval_ms: u64,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default = "default_move_hold_ms")]
+    move_hold_ms: u64,
     #[serde(default)]
     users: Vec<User>,
 }
@@ -101,6 +105,12 @@ fn default_startup_timeout_ms() -> u64 {
 }
 fn default_recovery_interval_ms() -> u64 {
     limits::TWO_PHASE_RECOVERY_INTERVAL.as_millis() as u64
+}
+fn default_state_dir() -> PathBuf {
+    "pgshard-state".into()
+}
+fn default_move_hold_ms() -> u64 {
+    limits::MOVE_HOLD.as_millis() as u64
 }
 
 /// The name of the admin console's database.
@@ -127,6 +137,12 @@ pub struct Config {
     pub startup_timeout: Duration,
     /// How often prepared transactions left by two-phase commits are resolved.
     pub two_phase_recovery_interval: Duration,
+    /// Where applied shard maps and the move journal are kept (absolute, or
+    /// relative to the config file's folder).
+    pub state_dir: PathBuf,
+    /// How long a vshard move waits for the writes already running on its vshard
+    /// before it gives up this attempt (and lets held writes go).
+    pub move_hold: Duration,
     pub users: Vec<User>,
 }
 
@@ -183,6 +199,10 @@ impl Config {
             let msg = format!("must be a name other than \"{ADMIN_DATABASE}\" (the admin console)");
             return Err(invalid("database", msg));
         }
+        if raw.move_hold_ms == 0 || raw.move_hold_ms > 60_000 {
+            let msg = format!("must be 1..=60000, got {}", raw.move_hold_ms);
+            return Err(invalid("move_hold_ms", msg));
+        }
         validate_users(&raw.users).map_err(|(field, m)| invalid(&field, m))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Ok(Config {
@@ -197,6 +217,8 @@ impl Config {
             checkout_timeout: Duration::from_millis(raw.checkout_timeout_ms),
             startup_timeout: Duration::from_millis(raw.startup_timeout_ms),
             two_phase_recovery_interval: Duration::from_millis(raw.two_phase_recovery_interval_ms),
+            state_dir: base.join(&raw.state_dir),
+            move_hold: Duration::from_millis(raw.move_hold_ms),
             users: raw.users,
         })
     }

@@ -12,6 +12,8 @@ pub mod demo;
 pub mod error;
 pub mod frontend;
 pub mod limits;
+pub mod maps;
+pub mod moves;
 pub mod protocol;
 pub mod router;
 pub mod server;

@@ -74,3 +74,26 @@ pub const RANK_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Messages after the Bind of an extended batch that runs on several backends (its
 /// Describes, Execute and Sync).
 pub const SPREAD_BATCH_MESSAGES_MAX: usize = 16;
+/// How long a vshard move waits for writes already running on its vshard to end
+/// before it lets the held writes go and tries again (default of `move_hold_ms`).
+pub const MOVE_HOLD: Duration = Duration::from_secs(2);
+/// Attempts a move makes to hold its vshard's writes before it gives up.
+pub const MOVE_HOLD_ATTEMPTS: usize = 5;
+/// Catch-up rounds before the final one under the hold; a round that finds fewer
+/// changed keys than `MOVE_CATCH_UP_KEYS` ends them early.
+pub const MOVE_CATCH_UP_ROUNDS: usize = 10;
+pub const MOVE_CATCH_UP_KEYS: usize = 100;
+/// Lock timeout of a move's DDL on a backend (its capture triggers): writers queue
+/// behind it at most this long; it retries.
+pub const MOVE_LOCK_TIMEOUT: Duration = Duration::from_millis(50);
+pub const MOVE_LOCK_ATTEMPTS: usize = 100;
+/// After switching the map, how long a move waits for statements routed by the old
+/// map to end before it deletes the rows from the old backend.
+pub const MOVE_OLD_MAP_WAIT: Duration = Duration::from_secs(2);
+/// Keys a move deletes from the old backend by key; above this, by the vshard
+/// predicate.
+pub const MOVE_DELETE_KEYS_MAX: usize = 100_000;
+/// Applied shard maps kept in the history.
+pub const MAP_HISTORY_MAX: usize = 1_000;
+/// Largest shard map document accepted by the admin API.
+pub const MAP_BYTES_MAX: usize = 4 * 1024 * 1024;

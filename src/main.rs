@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use pgshard::admin::cli;
 use pgshard::config::Config;
 use pgshard::demo::{self, DemoArgs};
 use pgshard::server::Proxy;
@@ -43,6 +44,59 @@ enum Command {
         #[arg(long, default_value_t = pgshard::limits::POOL_SIZE_DEFAULT)]
         pool_size: usize,
     },
+    /// Show, compare, apply or roll back the running proxy's shard map.
+    Map {
+        #[command(subcommand)]
+        command: MapCommand,
+        /// The running proxy's admin HTTP API.
+        #[arg(long, global = true, default_value = cli::ADMIN_DEFAULT)]
+        admin: String,
+    },
+    /// Move one vshard to another backend, online.
+    Move {
+        vshard: u32,
+        /// The backend that gets it.
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value = cli::ADMIN_DEFAULT)]
+        admin: String,
+    },
+    /// Move vshards until the backends are even (Ctrl-C stops after the move under way).
+    Rebalance {
+        /// What to even out: `count` (vshards per backend) or `load` (statements
+        /// routed per vshard since the proxy started).
+        #[arg(long, default_value = "count", value_parser = ["count", "load"])]
+        by: String,
+        /// Run at most this many moves.
+        #[arg(long)]
+        max_moves: Option<usize>,
+        /// Print the plan only.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, default_value = cli::ADMIN_DEFAULT)]
+        admin: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MapCommand {
+    /// Print the running map (TOML).
+    Show,
+    /// The maps applied so far.
+    History,
+    /// What applying FILE would change.
+    Diff { file: String },
+    /// Check FILE and make it the running map.
+    Apply {
+        file: String,
+        /// Accept vshards changing backend without moving their rows.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Apply the previous map again, as a new version.
+    Rollback,
+    /// Reload the proxy's map file (as SIGHUP does).
+    Reload,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +105,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = runtime()?;
@@ -75,8 +130,41 @@ fn main() -> anyhow::Result<()> {
                 })
                 .await
             }
+            admin => {
+                if let Err(message) = run_admin(admin).await {
+                    eprintln!("pgshard: {message}");
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
         }
     })
+}
+
+async fn run_admin(command: Command) -> Result<(), String> {
+    match command {
+        Command::Map { command, admin } => {
+            let admin = cli::Admin::new(&admin)?;
+            match command {
+                MapCommand::Show => cli::map_show(&admin).await,
+                MapCommand::History => cli::map_history(&admin).await,
+                MapCommand::Diff { file } => cli::map_diff(&admin, &file).await,
+                MapCommand::Apply { file, force } => cli::map_apply(&admin, &file, force).await,
+                MapCommand::Rollback => cli::map_rollback(&admin).await,
+                MapCommand::Reload => cli::map_reload(&admin).await,
+            }
+        }
+        Command::Move { vshard, to, admin } => {
+            cli::move_vshard(&cli::Admin::new(&admin)?, vshard, &to).await
+        }
+        Command::Rebalance {
+            by,
+            max_moves,
+            dry_run,
+            admin,
+        } => cli::rebalance(&cli::Admin::new(&admin)?, &by, max_moves, dry_run).await,
+        Command::Run { .. } | Command::Demo { .. } => Ok(()),
+    }
 }
 
 /// The tokio runtime. `PGSHARD_WORKERS=1` runs everything on one thread, like

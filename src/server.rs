@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 
 use crate::app::App;
 use crate::config::Config;
+use crate::maps::{History, How};
 use crate::router::ShardMap;
 use crate::stats::Stats;
 
@@ -39,7 +40,15 @@ impl Proxy {
             ),
             None => None,
         };
-        let app = App::new(config, map, Stats::install());
+        let history = History::open(&config.state_dir.join("maps")).with_context(|| {
+            format!(
+                "cannot open the map history in {}",
+                config.state_dir.display()
+            )
+        })?;
+        history.record(&map, How::Start)?;
+        metrics::gauge!("pgshard_map_version").set(map.version as f64);
+        let app = App::new(config, map, history, Stats::install());
         Ok(Proxy {
             app,
             listener,
@@ -65,7 +74,13 @@ impl Proxy {
         if let Some(http) = http {
             tokio::spawn(crate::admin::http::serve(app.clone(), http));
         }
+        // Before clients: a move a crash interrupted is completed or undone.
+        if let Err(e) = crate::moves::recovery::recover(&app).await {
+            tracing::error!(error = %e, "move recovery failed; retrying in the background");
+            crate::moves::mover::retry_recovery(app.clone());
+        }
         tokio::spawn(recover_two_phase(app.clone()));
+        tokio::spawn(reload_on_hangup(app.clone()));
         tracing::info!(addr = %app.config.listen, "pgshard is listening");
         crate::frontend::serve(app, listener).await;
     }
@@ -75,8 +90,9 @@ impl Proxy {
 /// periodically (see `backend::twophase`).
 async fn recover_two_phase(app: Arc<App>) {
     loop {
-        let topology = app.topology.load_full();
-        match app.coordinator.recover(&topology.pools).await {
+        // Only the pools, not the topology: a vshard move waits for old topologies.
+        let pools = app.topology.load().pools.clone();
+        match app.coordinator.recover(&pools).await {
             Ok(done) if done.committed + done.rolled_back > 0 => {
                 tracing::info!(
                     committed = done.committed,
@@ -91,5 +107,23 @@ async fn recover_two_phase(app: Arc<App>) {
             _ = tokio::time::sleep(app.config.two_phase_recovery_interval) => {}
             _ = app.shutdown.cancelled() => return,
         }
+    }
+}
+
+/// SIGHUP reloads the shard map file (as the console's RELOAD does).
+async fn reload_on_hangup(app: Arc<App>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload with RELOAD or the API");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hangups.recv() => {}
+            _ = app.shutdown.cancelled() => return,
+        }
+        tracing::info!("SIGHUP: reloading the shard map file");
+        // apply_map logs the outcome.
+        let _ = app.reload_map().await;
     }
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{demo, pg_tool, Demo};
+use common::{demo, pg_tool, through_proxy, vshard_sql, Demo};
 use pgshard::router::ShardMap;
 
 const BACKENDS: usize = 4;
@@ -37,37 +37,12 @@ fn pgbench(addr: std::net::SocketAddr, args: &[&str]) -> String {
     format!("{stdout}\n{stderr}")
 }
 
-/// SQL for an aid's vshard, as PostgreSQL's hash partitioning computes it:
-/// `hashint8extended` with the partition seed, combined as `hash_combine64(0, h)`,
-/// modulo 1000 (unsigned arithmetic, in numeric).
-fn vshard_sql(column: &str) -> String {
-    format!(
-        "(((hashint8extended({column}::int8, 8816678312871386365)::numeric \
-           + 18446744073709551616 + 5305509591434766563) % 18446744073709551616) % 1000)::int"
-    )
-}
-
 async fn one_i64(client: &tokio_postgres::Client, sql: &str) -> i64 {
     let row = client
         .query_one(sql, &[])
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     row.get(0)
-}
-
-/// `sql`'s single value through the proxy, as a simple Query (text).
-async fn through_proxy(client: &tokio_postgres::Client, sql: &str) -> String {
-    let replies = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    replies
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_owned()),
-            _ => None,
-        })
-        .unwrap_or_default()
 }
 
 /// The balance columns TPC-B keeps in step.

@@ -8,8 +8,8 @@ use crate::error::ClientError;
 use crate::frontend::conn::{ClientConn, ConnError};
 use crate::protocol::messages;
 
-const HELP: &str =
-    "SHOW SHARDS | SHOW POOLS | SHOW CLIENTS | SHOW STATS | SHOW VERSION | SHOW HELP";
+const HELP: &str = "SHOW SHARDS | SHOW VSHARDS | SHOW POOLS | SHOW CLIENTS | SHOW STATS | \
+                    SHOW VERSION | SHOW HELP | RELOAD";
 
 /// Server parameters the console reports (also the fallback when no backend answers).
 pub fn server_params() -> Vec<(String, String)> {
@@ -48,7 +48,11 @@ pub async fn run(app: &Arc<App>, conn: &mut ClientConn) -> Result<(), ConnError>
                 let sql = String::from_utf8_lossy(&frame[5..])
                     .trim_end_matches('\0')
                     .to_owned();
-                command(app, &sql, &mut conn.wbuf);
+                if is_reload(&sql) {
+                    reload(app, &mut conn.wbuf).await;
+                } else {
+                    command(app, &sql, &mut conn.wbuf);
+                }
                 messages::ready_for_query(&mut conn.wbuf, b'I');
             }
             b'S' => {
@@ -66,6 +70,25 @@ pub async fn run(app: &Arc<App>, conn: &mut ClientConn) -> Result<(), ConnError>
     }
 }
 
+fn is_reload(sql: &str) -> bool {
+    sql.trim()
+        .trim_end_matches(';')
+        .trim()
+        .eq_ignore_ascii_case("reload")
+}
+
+/// `RELOAD`: the shard map file again (as SIGHUP does).
+async fn reload(app: &Arc<App>, out: &mut bytes::BytesMut) {
+    match app.reload_map().await {
+        Ok(done) => {
+            let version = done.map_or(app.topology.load().map.version, |d| d.version);
+            messages::parameter_status(out, "pgshard_map_version", &version.to_string());
+            messages::command_complete(out, "RELOAD");
+        }
+        Err(e) => ClientError::AdminSyntax(e.to_string()).write(out),
+    }
+}
+
 fn command(app: &App, sql: &str, out: &mut bytes::BytesMut) {
     let words: Vec<String> = sql
         .trim()
@@ -80,6 +103,7 @@ fn command(app: &App, sql: &str, out: &mut bytes::BytesMut) {
             return;
         }
         ["SHOW", "SHARDS"] => tables::shards(app),
+        ["SHOW", "VSHARDS"] => tables::vshards(app),
         ["SHOW", "POOLS"] => tables::pools(app),
         ["SHOW", "CLIENTS"] => tables::clients(app),
         ["SHOW", "STATS"] => tables::stats(app),

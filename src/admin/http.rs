@@ -35,6 +35,11 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/version",
             get(|| async { Json(tables::version().to_json()) }),
         )
+        .merge(super::http_maps::routes())
+        .merge(super::http_moves::routes())
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::limits::MAP_BYTES_MAX,
+        ))
         .with_state(app)
 }
 

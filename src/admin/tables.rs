@@ -48,6 +48,27 @@ pub fn shards(app: &App) -> Table {
     }
 }
 
+/// Each vshard's backend, and which one is moving.
+pub fn vshards(app: &App) -> Table {
+    let topology = app.topology.load();
+    let map = &topology.map;
+    let moving = app.gate.moving();
+    let rows = (0..map.vshards())
+        .map(|v| {
+            let state = if moving == Some(v) { "moving" } else { "" };
+            vec![
+                v.to_string(),
+                map.owner_name(v).unwrap_or("").to_string(),
+                state.to_string(),
+            ]
+        })
+        .collect();
+    Table {
+        columns: &["vshard", "backend", "state"],
+        rows,
+    }
+}
+
 pub fn pools(app: &App) -> Table {
     let topology = app.topology.load();
     let rows = topology

@@ -24,11 +24,15 @@ pub struct Topology {
 impl Topology {
     /// Builds pools for `map`, reusing those of `previous` whose backend and DSN match.
     pub fn new(
-        map: ShardMap,
+        mut map: ShardMap,
         previous: Option<&Topology>,
         size: usize,
         timeout: Duration,
     ) -> Topology {
+        if let Some(previous) = previous.filter(|p| p.map.load.len() == map.load.len()) {
+            // The load measured so far outlives the map version.
+            map.load = previous.map.load.clone();
+        }
         let pools = map
             .backends
             .iter()

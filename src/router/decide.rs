@@ -242,7 +242,7 @@ fn by_hint(hint: &str, plan: &Plan, map: &ShardMap) -> Decision {
     }
 }
 
-fn key_type(map: &ShardMap, table: &str) -> KeyType {
+pub(super) fn key_type(map: &ShardMap, table: &str) -> KeyType {
     map.tables
         .get(table)
         .map(|t| t.key_type)
@@ -252,6 +252,7 @@ fn key_type(map: &ShardMap, table: &str) -> KeyType {
 /// The backend owning `key`'s vshard.
 pub fn owner(map: &ShardMap, key: &Key) -> BackendId {
     let vshard = key.vshard(map.vshards());
+    map.load.record(vshard);
     // The map has exactly `vshards` entries (checked when it was parsed).
     map.assignment
         .get(vshard as usize)
@@ -259,14 +260,15 @@ pub fn owner(map: &ShardMap, key: &Key) -> BackendId {
         .unwrap_or(map.default_backend)
 }
 
-struct Values<'a> {
-    literals: &'a [Literal],
-    params: &'a [Param<'a>],
+/// Where a statement's key values come from: its literals and Bind parameters.
+pub(super) struct Values<'a> {
+    pub literals: &'a [Literal],
+    pub params: &'a [Param<'a>],
 }
 
 impl Values<'_> {
     /// The key `source` gives, typed as `key_type`; `None` for NULL.
-    fn key(&self, source: &Source, key_type: KeyType) -> Result<Option<Key>, String> {
+    pub(super) fn key(&self, source: &Source, key_type: KeyType) -> Result<Option<Key>, String> {
         let negate = |key: Key| match key {
             Key::Int(v) => v
                 .checked_neg()

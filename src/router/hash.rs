@@ -9,11 +9,11 @@
 /// PostgreSQL's `HASH_PARTITION_SEED`.
 pub const SEED: u64 = 0x7A5B_2236_7996_DCFD;
 /// What `hash_combine64(0, h)` adds to a key's hash.
-const COMBINE: u64 = 0x49a0_f4dd_15e5_a8e3;
+pub const COMBINE: u64 = 0x49a0_f4dd_15e5_a8e3;
 
 /// How a sharding key column's values hash: int2, int4 and int8 alike; text and
 /// varchar alike; uuid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KeyType {
     Int,
     Text,

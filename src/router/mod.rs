@@ -7,9 +7,11 @@
 pub mod copy;
 pub mod decide;
 pub mod hash;
+pub mod load;
 pub mod scatter;
 pub mod shardmap;
 pub mod split;
 pub mod sql;
+pub mod touch;
 
 pub use shardmap::{BackendId, ShardMap};

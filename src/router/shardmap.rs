@@ -108,12 +108,19 @@ pub type BackendId = usize;
 #[derive(Debug, Clone)]
 pub struct ShardMap {
     pub version: u64,
+    /// The document this map was read from (it holds passwords: never logged).
+    pub text: MapText,
+    /// Which tables are sharded or reference tables, as one number: routing plans
+    /// depend on this, not on the assignment, so they outlive vshard moves.
+    pub tables_id: u64,
     pub backends: Vec<Backend>,
     /// `assignment[vshard]` is the backend that owns that vshard.
     pub assignment: Vec<BackendId>,
     pub default_backend: BackendId,
     pub tables: HashMap<String, ShardedTable>,
     pub reference_tables: HashSet<String>,
+    /// Statements routed to each vshard (kept across map versions by `Topology`).
+    pub load: std::sync::Arc<super::load::VshardLoad>,
 }
 
 impl ShardMap {
@@ -179,14 +186,64 @@ impl ShardMap {
                 "table \"{t}\" is both sharded and a reference table"
             )));
         }
+        let tables_id = tables_id(&tables, &reference_tables);
         Ok(ShardMap {
             version: raw.version,
+            text: MapText(text.into()),
+            tables_id,
             backends,
             assignment,
             default_backend,
             tables,
             reference_tables,
+            load: std::sync::Arc::new(super::load::VshardLoad::new(raw.vshards)),
         })
+    }
+
+    /// The index of the backend named `name`.
+    pub fn backend_id(&self, name: &str) -> Option<BackendId> {
+        self.backends.iter().position(|b| b.name == name)
+    }
+
+    /// The name of the backend owning `vshard`.
+    pub fn owner_name(&self, vshard: u32) -> Option<&str> {
+        let id = *self.assignment.get(vshard as usize)?;
+        Some(self.backends.get(id)?.name.as_str())
+    }
+
+    /// This map's document with `version` and the vshards in `moves` reassigned
+    /// (`(vshard, backend)`); the rest of the document as it was.
+    pub fn with_assignment(
+        &self,
+        version: u64,
+        moves: &[(u32, BackendId)],
+    ) -> Result<ShardMap, MapError> {
+        let mut doc: toml::Table =
+            toml::from_str(&self.text.0).map_err(|e| MapError::Toml(e.to_string()))?;
+        let mut assignment = self.assignment.clone();
+        for &(vshard, backend) in moves {
+            let slot = assignment
+                .get_mut(vshard as usize)
+                .ok_or_else(|| MapError::Invalid(format!("vshard {vshard} is out of range")))?;
+            if backend >= self.backends.len() {
+                return Err(MapError::Invalid(format!("backend {backend} is unknown")));
+            }
+            *slot = backend;
+        }
+        doc.insert("version".into(), toml::Value::Integer(version as i64));
+        let mut assign = toml::Table::new();
+        for (lo, hi, backend) in ranges(&assignment) {
+            let key = if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            };
+            let name = self.backends[backend].name.clone();
+            assign.insert(key, toml::Value::String(name));
+        }
+        doc.insert("assign".into(), toml::Value::Table(assign));
+        let text = toml::to_string(&doc).map_err(|e| MapError::Toml(e.to_string()))?;
+        ShardMap::parse(&text)
     }
 
     pub fn vshards(&self) -> u32 {
@@ -226,6 +283,43 @@ impl ShardMap {
         }
         out + PGBENCH_TABLES
     }
+}
+
+/// The document a map was read from. Its `Debug` hides it: DSNs carry passwords.
+#[derive(Clone)]
+pub struct MapText(pub std::sync::Arc<str>);
+
+impl std::fmt::Debug for MapText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MapText({} bytes)", self.0.len())
+    }
+}
+
+/// Runs of consecutive vshards with one owner: `(first, last, backend)`.
+pub fn ranges(assignment: &[BackendId]) -> Vec<(u32, u32, BackendId)> {
+    let mut out: Vec<(u32, u32, BackendId)> = Vec::new();
+    for (v, &backend) in assignment.iter().enumerate() {
+        match out.last_mut() {
+            Some((_, hi, b)) if *b == backend && *hi + 1 == v as u32 => *hi = v as u32,
+            _ => out.push((v as u32, v as u32, backend)),
+        }
+    }
+    out
+}
+
+fn tables_id(tables: &HashMap<String, ShardedTable>, reference: &HashSet<String>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut sharded: Vec<_> = tables
+        .values()
+        .map(|t| (&t.name, &t.key, t.key_type as u8))
+        .collect();
+    sharded.sort();
+    let mut reference: Vec<_> = reference.iter().collect();
+    reference.sort();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    sharded.hash(&mut hasher);
+    reference.hash(&mut hasher);
+    hasher.finish()
 }
 
 fn backends(raw: &[RawBackend]) -> Result<Vec<Backend>, String> {
@@ -365,6 +459,27 @@ mod tests {
             &text,
             Err("table \"t\" is both sharded and a reference table"),
         );
+    }
+
+    #[test]
+    fn reassigned_map_keeps_the_rest() {
+        let map = ShardMap::parse(&table_map()).unwrap();
+        let moved = map.with_assignment(4, &[(0, 1), (9, 0)]).unwrap();
+        assert_eq!(moved.version, 4);
+        assert_eq!(moved.assignment, vec![1, 0, 0, 0, 0, 1, 1, 1, 1, 0]);
+        assert_eq!(moved.tables, map.tables);
+        assert_eq!(moved.tables_id, map.tables_id);
+        assert_eq!(moved.backends[1].primary, map.backends[1].primary);
+        assert!(map.with_assignment(4, &[(10, 0)]).is_err());
+        assert!(map.with_assignment(4, &[(1, 2)]).is_err());
+        assert_eq!(ranges(&[0, 0, 1, 0]), vec![(0, 1, 0), (2, 2, 1), (3, 3, 0)]);
+    }
+
+    fn table_map() -> String {
+        format!(
+            "{}[[tables]]\nname = \"t\"\nkey = \"k\"\n",
+            map("\"0-4\" = \"a\"\n\"5-9\" = \"b\"\n")
+        )
     }
 
     #[test]

@@ -55,13 +55,26 @@ fn log_path(name: &str) -> PathBuf {
 /// long as the child (the death signal follows the spawning thread), and returns
 /// the child's pid and its stdout lines as they come.
 fn spawn_pgshard(args: Vec<String>, log: PathBuf) -> (u32, mpsc::Receiver<String>) {
+    spawn_pgshard_env(args, log, Vec::new())
+}
+
+fn spawn_pgshard_env(
+    args: Vec<String>,
+    log: PathBuf,
+    env: Vec<(String, String)>,
+) -> (u32, mpsc::Receiver<String>) {
     let (tx, rx) = mpsc::channel();
     let (pid_tx, pid_rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let stderr = std::fs::File::create(&log).expect("create log file");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("create log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_pgshard"));
         command
             .args(&args)
+            .envs(env)
             .stdout(Stdio::piped())
             .stderr(stderr)
             .stdin(Stdio::null());
@@ -103,8 +116,19 @@ fn wait_for_line<T>(
     }
 }
 
+/// A demo of a test's own, beside the shared one (its clusters stop when the test
+/// binary exits): more backends, e.g. one to add to a map.
+pub fn extra_demo(name: &str, backends: usize) -> Demo {
+    start_demo_named(name, backends, 4)
+}
+
 fn start_demo(backends: usize, pool_size: usize) -> Demo {
-    let log = log_path("demo");
+    start_demo_named("demo", backends, pool_size)
+}
+
+fn start_demo_named(name: &str, backends: usize, pool_size: usize) -> Demo {
+    let log = log_path(name);
+    let _ = std::fs::remove_file(&log);
     let args = [
         "demo",
         "--port",
@@ -171,6 +195,12 @@ fn parse_backends(map: &str) -> Vec<(String, u16)> {
 /// A `pgshard run` process of a test's own; killed on drop.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// Its admin HTTP API, when its config has `http_listen`.
+    pub http: Option<SocketAddr>,
+    /// The folder of its config, map and state.
+    pub dir: PathBuf,
+    /// Its log (stderr).
+    pub log: PathBuf,
     pid: u32,
 }
 
@@ -180,6 +210,31 @@ impl Drop for Proxy {
         unsafe {
             libc::kill(self.pid as i32, libc::SIGTERM);
         }
+    }
+}
+
+impl Proxy {
+    /// SIGKILL: the proxy dies at once, wherever it is.
+    pub fn kill(self) -> PathBuf {
+        // SAFETY: plain kill(2) of our own child's pid.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGKILL);
+        }
+        let dir = self.dir.clone();
+        std::mem::forget(self);
+        dir
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) of our own child's pid.
+        unsafe {
+            libc::kill(self.pid as i32, signal);
+        }
+    }
+
+    /// The admin URL for `pgshard ... --admin`.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.http.expect("proxy has http_listen"))
     }
 }
 
@@ -194,19 +249,113 @@ pub fn start_proxy(demo: &Demo, name: &str, extra: &str) -> Proxy {
 pub fn start_proxy_with_map(name: &str, map: &str, extra: &str) -> Proxy {
     let dir =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("proxy-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(log_path(name));
     std::fs::create_dir_all(&dir).expect("proxy dir");
     std::fs::write(dir.join("shardmap.toml"), map).expect("write shard map");
     let config = format!("listen = \"127.0.0.1:0\"\nshard_map = \"shardmap.toml\"\n{extra}");
+    std::fs::write(dir.join("pgshard.toml"), config).expect("write config");
+    restart_proxy(name, &dir, &[])
+}
+
+/// SQL for an integer key's vshard, as PostgreSQL's hash partitioning computes it
+/// (written here apart from the proxy's own): `hashint8extended` with the partition
+/// seed, combined as `hash_combine64(0, h)`, modulo 1000 (unsigned, in numeric).
+pub fn vshard_sql(column: &str) -> String {
+    format!(
+        "(((hashint8extended({column}::int8, 8816678312871386365)::numeric \
+           + 18446744073709551616 + 5305509591434766563) % 18446744073709551616) % 1000)::int"
+    )
+}
+
+/// `sql`'s first value as text, run as a simple Query.
+pub async fn through_proxy(client: &tokio_postgres::Client, sql: &str) -> String {
+    let replies = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    replies
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_owned()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Starts a proxy on the config, map and state a proxy in `dir` left, with `env`.
+pub fn restart_proxy(name: &str, dir: &Path, env: &[(&str, &str)]) -> Proxy {
     let path = dir.join("pgshard.toml");
-    std::fs::write(&path, config).expect("write config");
     let log = log_path(name);
     let args = vec!["run".into(), "--config".into(), path.display().to_string()];
-    let (pid, rx) = spawn_pgshard(args, log.clone());
+    let env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let (pid, rx) = spawn_pgshard_env(args, log.clone(), env);
+    let mut http = None;
     let addr = wait_for_line(&rx, &log, |line| {
+        if let Some(a) = line.strip_prefix("pgshard admin HTTP API on http://") {
+            http = a.parse().ok();
+        }
         line.strip_prefix("pgshard listening on ")
             .and_then(|a| a.parse().ok())
     });
-    Proxy { addr, pid }
+    // The HTTP line follows the listening line.
+    if std::fs::read_to_string(&path).is_ok_and(|c| c.contains("http_listen")) {
+        wait_for_line(&rx, &log, |line| {
+            line.strip_prefix("pgshard admin HTTP API on http://")
+                .and_then(|a| a.parse().ok())
+                .map(|a| http = Some(a))
+        });
+    }
+    Proxy {
+        addr,
+        http,
+        dir: dir.to_owned(),
+        log,
+        pid,
+    }
+}
+
+/// Runs `pgshard ARGS` to its end: (success, stdout, stderr).
+pub fn pgshard_cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgshard"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run pgshard");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A plain HTTP/1.0 request with a body; returns (status, body).
+pub async fn http_call(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the HTTP API");
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 pub async fn connect(

@@ -79,8 +79,8 @@ impl Session {
         decision: &Decision,
         bind: &Bytes,
     ) -> Result<(), String> {
-        let every = |s: &Session| (0..s.app.topology.load().pools.len()).collect::<Vec<_>>();
-        let read = super::route::read_on(decision, &self.app.topology.load().map);
+        let every = |s: &Session| (0..s.topology().pools.len()).collect::<Vec<_>>();
+        let read = super::route::read_on(decision, &self.topology().map);
         let (backends, request, merged): (Vec<BackendId>, _, _) = match decision {
             _ if read.is_some() => {
                 let Some((backends, merge)) = read else {

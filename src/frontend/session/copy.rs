@@ -39,7 +39,7 @@ impl Session {
     /// transaction if one is open, else in its own distributed one.
     pub(super) async fn copy_in(&mut self, copy: CopyInto, query: &Bytes) {
         let in_transaction = self.pipeline.tx_status != b'I' || self.deferred_begin.is_some();
-        let backends: Vec<BackendId> = (0..self.app.topology.load().pools.len()).collect();
+        let backends: Vec<BackendId> = (0..self.topology().pools.len()).collect();
         let servers = if in_transaction {
             self.join_all(&backends).await
         } else {
@@ -112,7 +112,7 @@ impl Session {
         query: &Bytes,
         servers: &mut [(BackendId, Guard)],
     ) -> Outcome {
-        let topology = self.app.topology.load_full();
+        let topology = self.topology();
         let map = &topology.map;
         let key_at = match copy.key_at {
             Some(at) => Some(at),
@@ -234,7 +234,7 @@ impl Session {
     /// outside a transaction or inside the client's.
     pub(super) async fn copy_out(&mut self, query: &Bytes, header: bool) {
         let in_transaction = self.pipeline.tx_status != b'I' || self.deferred_begin.is_some();
-        let backends: Vec<BackendId> = (0..self.app.topology.load().pools.len()).collect();
+        let backends: Vec<BackendId> = (0..self.topology().pools.len()).collect();
         let servers = if in_transaction {
             self.join_all(&backends).await
         } else {

@@ -29,7 +29,7 @@ impl Session {
     /// distributed transaction.
     pub(super) async fn run_everywhere(&mut self, query: &Bytes, atomic: bool) {
         let request = Request::plain(query.clone());
-        let backends = self.app.topology.load().pools.len();
+        let backends = self.topology().pools.len();
         let parts = (0..backends).map(|b| (b, request.clone())).collect();
         self.answer(parts, atomic, Merged::Rows).await;
     }
@@ -115,10 +115,10 @@ impl Session {
     pub(super) async fn spread_query(&mut self, decision: Decision, query: &Bytes) {
         let request = Request::plain;
         let every = |query: &Bytes| {
-            let backends = self.app.topology.load().pools.len();
+            let backends = self.topology().pools.len();
             (0..backends).map(|b| (b, request(query.clone()))).collect()
         };
-        let read = read_on(&decision, &self.app.topology.load().map);
+        let read = read_on(&decision, &self.topology().map);
         if let Some((backends, merge)) = read {
             let Some((parts, merged)) = gather_parts(query, merge, backends) else {
                 return self.fail_transaction(ClientError::Unsupported(NOT_REWRITTEN.into()));

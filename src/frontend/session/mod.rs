@@ -7,6 +7,7 @@ mod check;
 mod copy;
 mod extended;
 mod fanout;
+mod follow;
 mod gather;
 mod raise;
 mod replies;
@@ -30,9 +31,11 @@ use super::statements::Statements;
 use crate::app::App;
 use crate::backend::pool::{Guard, Pool, PoolError};
 use crate::backend::server::ServerError;
+use crate::backend::Topology;
 use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::limits;
+use crate::moves::gate::Permit;
 use crate::protocol::messages;
 use crate::protocol::next_frame;
 use crate::router::BackendId;
@@ -78,6 +81,10 @@ pub struct Session {
     batch_deferred: bool,
     /// What keeps the current transaction on its backend (a savepoint, a SET).
     pinned: Option<&'static str>,
+    /// The topology the current transaction routes with (`follow.rs`).
+    snapshot: Option<Arc<Topology>>,
+    /// Admissions past a vshard move's gate, kept until the transaction ends.
+    permits: Vec<Permit>,
 }
 
 /// A client's unnamed statement: its Parse message as sent, and what it changes.
@@ -123,6 +130,8 @@ impl Session {
             answering: None,
             batch_deferred: false,
             pinned: None,
+            snapshot: None,
+            permits: Vec::new(),
         }
     }
 
@@ -149,6 +158,7 @@ impl Session {
             }
             self.conn.flush().await?;
             self.maybe_release();
+            self.settle();
             let settled = self.server.is_none() || self.pipeline.is_empty();
             if settled && matches!(next_frame(&self.conn.rbuf), Ok(Some(_))) {
                 // Input held back until earlier requests were answered.
@@ -193,6 +203,12 @@ impl Session {
     /// Terminate.
     async fn handle_client_input(&mut self) -> Result<bool, ConnError> {
         loop {
+            self.settle();
+            if let Err(why) = self.admit().await {
+                if self.refuse_front(why) {
+                    continue;
+                }
+            }
             if self.try_shared().await? {
                 continue;
             }
@@ -211,7 +227,7 @@ impl Session {
                     continue;
                 }
             }
-            let topology = self.app.topology.load_full();
+            let topology = self.take_snapshot();
             let map = &topology.map;
             let routing = map.backends.len() > 1;
             let mut mismatch = None;
@@ -281,6 +297,27 @@ impl Session {
         }
     }
 
+    /// Refuses the Query or Bind at the front of the buffer with `why` (the way a
+    /// statement that cannot run in this transaction is). `false`: the front is
+    /// another message, handled as usual.
+    fn refuse_front(&mut self, why: String) -> bool {
+        let Ok(Some(info)) = next_frame(&self.conn.rbuf) else {
+            return false;
+        };
+        if !matches!(info.tag, b'Q' | b'B') {
+            return false;
+        }
+        let _ = self.conn.rbuf.split_to(info.len);
+        if self.server.is_some() {
+            self.refuse_in_transaction(info.tag, why);
+        } else if self.deferred_begin.is_some() {
+            self.refuse_deferred(info.tag, ClientError::Unsupported(why));
+        } else {
+            self.refuse(info.tag, ClientError::Unsupported(why));
+        }
+        true
+    }
+
     async fn fatal(&mut self, e: ClientError) -> Result<bool, ConnError> {
         Stats::client_error(e.kind());
         e.write_fatal(&mut self.conn.wbuf);
@@ -319,7 +356,7 @@ impl Session {
     }
 
     async fn attach(&mut self, id: BackendId) -> Result<(), ClientError> {
-        let topology = self.app.topology.load();
+        let topology = self.topology();
         let pool = topology.pool(id).clone();
         self.touched = false;
         let server = match self.deferred_begin.take() {

@@ -147,7 +147,7 @@ impl Session {
                 return false;
             }
             Target::Everywhere => {
-                let every = (0..self.app.topology.load().pools.len()).collect();
+                let every = (0..self.topology().pools.len()).collect();
                 match self.run_batch_on(frame, every).await {
                     Ok(()) => return false,
                     Err(why) => ClientError::Unsupported(why),
@@ -285,6 +285,19 @@ impl Session {
         unnamed: Option<&[u8]>,
         map: &ShardMap,
     ) -> Option<Decision> {
+        self.with_bound(payload, unnamed, map, |analyzed, params| {
+            decide(analyzed, params, map)
+        })
+    }
+
+    /// `f` of a Bind's analyzed statement and its parameters (see `bind_decision`).
+    pub(super) fn with_bound<T>(
+        &self,
+        payload: &[u8],
+        unnamed: Option<&[u8]>,
+        map: &ShardMap,
+        f: impl FnOnce(&Analyzed, &[Param]) -> T,
+    ) -> Option<T> {
         let (_, _, rest_at) = messages::bind_names(payload)?;
         let sql = self.bound_sql(payload, unnamed)?;
         let analyzed = self.analyze(sql, map)?;
@@ -292,7 +305,7 @@ impl Session {
             .into_iter()
             .map(|(format, value)| Param { format, value })
             .collect();
-        Some(decide(&analyzed, &params, map))
+        Some(f(&analyzed, &params))
     }
 
     /// Where the transaction that `frame` starts runs.

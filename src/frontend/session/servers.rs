@@ -22,7 +22,7 @@ impl Session {
         &mut self,
         backends: &[BackendId],
     ) -> Result<Held, ClientError> {
-        let topology = self.app.topology.load_full();
+        let topology = self.topology();
         let mut servers = Vec::with_capacity(backends.len());
         for &backend in backends {
             servers.push((backend, self.checkout(topology.pool(backend)).await?));
@@ -48,7 +48,7 @@ impl Session {
         &self,
         servers: &mut [(BackendId, Guard)],
     ) -> Result<(), ClientError> {
-        let default = self.app.topology.load().map.default_backend;
+        let default = self.topology().map.default_backend;
         let log = servers.iter().position(|(b, _)| *b == default);
         let mut conns: Vec<&mut ServerConn> = servers.iter_mut().map(|(_, g)| &mut **g).collect();
         commit_outcome(self.app.coordinator.commit(&mut conns, log).await)

@@ -35,6 +35,9 @@ impl Session {
     /// `Ok(true)`: the request at the front of the client's buffer was answered on a
     /// shared connection. `Ok(false)`: nothing was taken from the buffer.
     pub(super) async fn try_shared(&mut self) -> Result<bool, ConnError> {
+        // Held (in the session) until the request is answered: a vshard move waits
+        // for requests routed by an older map.
+        let topology = self.take_snapshot();
         let config = &self.app.config;
         let depth = config.pipeline_depth;
         if config.pipeline_connections == Some(0)
@@ -48,7 +51,6 @@ impl Session {
         };
         let max;
         let pool = {
-            let topology = self.app.topology.load();
             let map = &topology.map;
             max = config.shared_per_backend(map.backends.len());
             let id = if map.backends.len() > 1 {
@@ -295,7 +297,7 @@ fn build(
 }
 
 /// Each whole message in `frames`, with its payload.
-fn frames_of(frames: &[u8]) -> impl Iterator<Item = (FrameInfo, &[u8])> {
+pub(super) fn frames_of(frames: &[u8]) -> impl Iterator<Item = (FrameInfo, &[u8])> {
     let mut at = 0;
     std::iter::from_fn(move || {
         let info = next_frame(&frames[at..]).ok()??;

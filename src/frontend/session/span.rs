@@ -87,7 +87,7 @@ impl Session {
         if let Some(at) = self.parked.iter().position(|(b, _)| *b == backend) {
             return Ok(self.parked.swap_remove(at).1);
         }
-        let pool = self.app.topology.load().pool(backend).clone();
+        let pool = self.topology().pool(backend).clone();
         let begin = match (&self.begin, &self.deferred_begin) {
             (Some(begin), _) | (None, Some(begin)) => begin.clone(),
             (None, None) => {

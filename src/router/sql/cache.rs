@@ -1,6 +1,7 @@
 //! Plans cached by normalized statement text: statements that differ only in their
 //! literal values are parsed once. A plan depends on the shard map (which tables are
-//! sharded), so each entry remembers the map version it was made for.
+//! sharded), so each entry remembers the tables it was made for (`ShardMap::tables_id`;
+//! a vshard move changes the map but not the plans).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,13 +27,13 @@ pub struct PlanCache {
 
 impl PlanCache {
     /// Lexes `sql` and finds its plan, parsing it only when no statement of the same
-    /// shape was planned under this map version.
+    /// shape was planned for the same tables.
     pub fn analyze(&self, sql: &str, map: &ShardMap) -> Result<Analyzed, LexError> {
         let normalized = lexer::normalize(sql)?;
         let cached = self.plans.lock().ok().and_then(|plans| {
             plans
                 .get(&normalized.text)
-                .filter(|(version, _)| *version == map.version)
+                .filter(|(tables, _)| *tables == map.tables_id)
                 .map(|(_, plan)| plan.clone())
         });
         let plan = match cached {
@@ -46,7 +47,7 @@ impl PlanCache {
                         // Rare and cheap to rebuild: start over rather than track age.
                         plans.clear();
                     }
-                    plans.insert(normalized.text, (map.version, plan.clone()));
+                    plans.insert(normalized.text, (map.tables_id, plan.clone()));
                 }
                 plan
             }
