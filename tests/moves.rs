@@ -284,10 +284,13 @@ async fn swaps_and_moves_under_load_lose_nothing() {
     rows_where_the_map_says(&proxy, &backends).await;
     let vshards = api(&proxy, "/api/vshards").await;
     for (vshard, to) in &moved {
-        assert_eq!(
-            vshards[*vshard as usize]["backend"],
-            to.as_str(),
-            "vshard {vshard}"
+        // Where it was moved, unless the rebalance took it on to b4.
+        let now = vshards[*vshard as usize]["backend"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            now == to || now == "b4",
+            "vshard {vshard} is on {now}, moved to {to}"
         );
     }
     let metrics = common::http_get(proxy.http.unwrap(), "/metrics").await;
