@@ -41,6 +41,8 @@ pub struct App {
     pub history: History,
     /// The rebalance job, if one ran (`moves::rebalance`).
     pub rebalancer: Rebalancer,
+    /// A background retry of an unfinished move's recovery runs.
+    pub move_recovery: std::sync::atomic::AtomicBool,
     pub stats: Stats,
     pub shutdown: CancellationToken,
     pub started: Instant,
@@ -64,6 +66,7 @@ impl App {
             map_changes: tokio::sync::Mutex::new(()),
             history,
             rebalancer: Rebalancer::default(),
+            move_recovery: Default::default(),
             stats,
             shutdown: CancellationToken::new(),
             started: Instant::now(),

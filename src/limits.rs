@@ -97,3 +97,11 @@ pub const MOVE_DELETE_KEYS_MAX: usize = 100_000;
 pub const MAP_HISTORY_MAX: usize = 1_000;
 /// Largest shard map document accepted by the admin API.
 pub const MAP_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// How often the recovery of a move whose cleanup failed is tried again.
+pub const MOVE_RECOVERY_RETRY: Duration = Duration::from_secs(2);
+/// Longest a move's switch (its last catch-up, the target's insert and prepare) may
+/// take while it holds the vshard's writes; past it the move is undone.
+pub const MOVE_SWITCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a move's delete of the moved rows from the source waits for a lock held
+/// by a transaction begun before the move (then the cleanup is retried later).
+pub const MOVE_DELETE_LOCK_WAIT: Duration = Duration::from_secs(5);

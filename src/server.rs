@@ -71,13 +71,11 @@ impl Proxy {
             listener,
             http,
         } = self;
+        // Before clients (and admins): a move a crash interrupted is completed or
+        // undone.
+        crate::moves::recovery::at_start(&app).await;
         if let Some(http) = http {
             tokio::spawn(crate::admin::http::serve(app.clone(), http));
-        }
-        // Before clients: a move a crash interrupted is completed or undone.
-        if let Err(e) = crate::moves::recovery::recover(&app).await {
-            tracing::error!(error = %e, "move recovery failed; retrying in the background");
-            crate::moves::mover::retry_recovery(app.clone());
         }
         tokio::spawn(recover_two_phase(app.clone()));
         tokio::spawn(reload_on_hangup(app.clone()));
@@ -90,7 +88,6 @@ impl Proxy {
 /// periodically (see `backend::twophase`).
 async fn recover_two_phase(app: Arc<App>) {
     loop {
-        // Only the pools, not the topology: a vshard move waits for old topologies.
         let pools = app.topology.load().pools.clone();
         match app.coordinator.recover(&pools).await {
             Ok(done) if done.committed + done.rolled_back > 0 => {

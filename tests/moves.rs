@@ -204,6 +204,23 @@ async fn swaps_and_moves_under_load_lose_nothing() {
         .chain([script.display().to_string(), common::DATABASE.to_string()])
         .collect();
     let load = tokio::task::spawn_blocking(move || run_pgbench(addr, args));
+    // Keyless reads all along: each sees every row exactly once.
+    let counting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let counter = {
+        let counting = counting.clone();
+        let client = common::connect(addr, common::USER, common::PASSWORD, common::DATABASE)
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let mut counts = 0;
+            while counting.load(std::sync::atomic::Ordering::Relaxed) {
+                let n = through_proxy(&client, "SELECT count(*) FROM pgbench_accounts").await;
+                assert_eq!(n, "1000000", "a keyless read during the moves");
+                counts += 1;
+            }
+            counts
+        })
+    };
 
     // Ten swaps: the fifth backend joins with no vshard, tables come and go.
     let fifth_dsn = format!(
@@ -247,6 +264,9 @@ async fn swaps_and_moves_under_load_lose_nothing() {
     let out = cli(&proxy, &["rebalance", "--max-moves", "10"]);
     assert!(out.contains("moves 10/10 (0 failed)"), "{out}");
 
+    counting.store(false, std::sync::atomic::Ordering::Relaxed);
+    let counts = counter.await.expect("keyless reads");
+    assert!(counts > 0);
     let report = load.await.unwrap();
     assert!(
         report.contains("number of failed transactions: 0 (0.000%)"),

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -20,6 +20,8 @@ pub struct ClientInfo {
     pub connected_at: SystemTime,
     /// The server connection running this client's requests right now.
     attached: Mutex<Option<Attached>>,
+    /// The move gate's epoch its running request began under (`moves::gate`).
+    pub routing: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -69,6 +71,7 @@ impl ClientRegistry {
             application_name: app.to_owned(),
             connected_at: SystemTime::now(),
             attached: Mutex::new(None),
+            routing: AtomicU64::new(crate::moves::gate::IDLE),
         });
         if let Ok(mut clients) = self.clients.lock() {
             clients.insert(pid, info.clone());
@@ -77,6 +80,14 @@ impl ClientRegistry {
             registry: self,
             info,
         }
+    }
+
+    /// How many clients `f` holds for.
+    pub fn count(&self, f: impl Fn(&ClientInfo) -> bool) -> usize {
+        self.clients
+            .lock()
+            .map(|c| c.values().filter(|info| f(info)).count())
+            .unwrap_or(0)
     }
 
     pub fn list(&self) -> Vec<Arc<ClientInfo>> {

@@ -115,7 +115,8 @@ pub fn with_version(text: &str, version: u64) -> Result<String, ApplyError> {
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves the old file or the new one
-/// (a temporary file beside it, synced, renamed over it, the folder synced).
+/// (a temporary file beside it, synced, renamed over it, the folder synced). `Ok`
+/// once renamed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -130,7 +131,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    // Renamed: the new file is what a restart reads, whatever comes next; an error
+    // now must not make the caller believe the old one still is.
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot sync the folder after a rename");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -31,8 +31,13 @@ pub async fn retry_locked(conn: &mut ServerConn, sql: &str) -> Result<SimpleRepl
 pub async fn connect(dsn: &crate::backend::dsn::Dsn) -> Result<ServerConn, ServerError> {
     let mut conn = ServerConn::connect(dsn).await?;
     let timeout = limits::MOVE_LOCK_TIMEOUT.as_millis();
+    // COPY text passes between backends as it is: both ends read and write it in
+    // the same formats, whatever each server's defaults.
     conn.execute(&format!(
-        "SET lock_timeout = '{timeout}ms'; SET application_name = 'pgshard move'"
+        "SET lock_timeout = '{timeout}ms'; SET application_name = 'pgshard move'; \
+         SET client_encoding = 'UTF8'; SET DateStyle = 'ISO, YMD'; \
+         SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; \
+         SET extra_float_digits = 3; SET bytea_output = 'hex'"
     ))
     .await?;
     Ok(conn)
@@ -58,7 +63,10 @@ pub async fn remove_objects(
 ) -> Result<(), ServerError> {
     let names = Names { id: &record.id };
     for table in &record.tables {
-        retry_locked(source, &names.drop_triggers(table)).await?;
+        // A table dropped meanwhile took its triggers with it.
+        if super::schema::exists(source, &table.name).await? {
+            retry_locked(source, &names.drop_triggers(table)).await?;
+        }
     }
     let logged = source
         .query_column("SELECT to_regclass('pgshard.move_changes') IS NOT NULL")
@@ -74,48 +82,59 @@ pub async fn remove_objects(
     Ok(())
 }
 
-/// Undoes a move that did not switch: its prepared transaction rolled back, its
-/// objects dropped. The source kept every row throughout.
+/// The target's part of ending a move: its prepared transaction committed if the
+/// move switched, rolled back if not (when it is still there).
+pub async fn end_on_target(
+    record: &Record,
+    target: &mut ServerConn,
+    switched: bool,
+) -> Result<(), ServerError> {
+    let gid = Names { id: &record.id }.gid();
+    if prepared(target, &gid).await? {
+        let verb = if switched { "COMMIT" } else { "ROLLBACK" };
+        target
+            .execute(&format!("{verb} PREPARED {}", super::schema::literal(&gid)))
+            .await?;
+    }
+    Ok(())
+}
+
+/// The rest: the vshard's rows deleted from the source if the move switched (by the
+/// vshard predicate), the move's objects dropped. Returns the rows deleted.
+pub async fn end_on_source(
+    record: &Record,
+    source: &mut ServerConn,
+    target: &mut ServerConn,
+    switched: bool,
+) -> Result<u64, ServerError> {
+    let deleted = if switched {
+        delete_vshard(record, source).await?
+    } else {
+        0
+    };
+    remove_objects(record, source, target).await?;
+    Ok(deleted)
+}
+
+/// Undoes a move that did not switch (the source kept every row throughout).
 pub async fn undo(
     record: &Record,
     source: &mut ServerConn,
     target: &mut ServerConn,
 ) -> Result<(), ServerError> {
-    let gid = Names { id: &record.id }.gid();
-    if prepared(target, &gid).await? {
-        target
-            .execute(&format!(
-                "ROLLBACK PREPARED {}",
-                super::schema::literal(&gid)
-            ))
-            .await?;
-    }
-    remove_objects(record, source, target).await
-}
-
-/// Completes a move that switched: the target's rows committed (if its prepared
-/// transaction is still there), the vshard's rows deleted from the source by the
-/// vshard predicate, the move's objects dropped.
-pub async fn complete(
-    record: &Record,
-    source: &mut ServerConn,
-    target: &mut ServerConn,
-) -> Result<u64, ServerError> {
-    let gid = Names { id: &record.id }.gid();
-    if prepared(target, &gid).await? {
-        target
-            .execute(&format!("COMMIT PREPARED {}", super::schema::literal(&gid)))
-            .await?;
-    }
-    let deleted = delete_vshard(record, source).await?;
-    remove_objects(record, source, target).await?;
-    Ok(deleted)
+    end_on_target(record, target, false).await?;
+    end_on_source(record, source, target, false)
+        .await
+        .map(|_| ())
 }
 
 /// Deletes every row of the move's vshard from `source`, by the vshard predicate.
 pub async fn delete_vshard(record: &Record, source: &mut ServerConn) -> Result<u64, ServerError> {
     let mut deleted = 0;
     for table in &record.tables {
+        if !super::schema::exists(source, &table.name).await? {
+            continue;
+        }
         let sql = format!(
             "DELETE FROM {} WHERE {}",
             table.sql_name(),

@@ -10,9 +10,16 @@
 //! and reads by key, keep flowing. A session that holds a permit is never held by
 //! that move: the mover is waiting for it.
 //!
-//! Architecture invariant: when no move runs, a session pays one atomic load here.
+//! Requests that began before the move could not see it: each session publishes,
+//! while a request of its runs, the gate state it began under (`enter`, `leave`);
+//! the mover waits for requests begun under an older state (`routing_before`)
+//! before it installs its capture triggers, and again after the switch before it
+//! deletes the source's rows.
+//!
+//! Architecture invariant: when no move runs, a session pays two atomic stores and
+//! a load per request here.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,9 +27,15 @@ use tokio::sync::Notify;
 
 use crate::router::touch::Touch;
 
+/// A session with no request running.
+pub const IDLE: u64 = u64::MAX;
+/// A session starting a request, its state not published yet.
+const ENTERING: u64 = u64::MAX - 1;
+
 #[derive(Default)]
 pub struct Gate {
-    active: AtomicBool,
+    /// Even: no move; odd: a move runs. Raised at each start, switch and end.
+    epoch: AtomicU64,
     state: Mutex<Option<Moving>>,
     /// Woken on every change: held statements, and the mover waiting for permits.
     changed: Notify,
@@ -79,7 +92,36 @@ impl Gate {
 
     /// Whether a move is under way (then sessions call `admit`).
     pub fn active(&self) -> bool {
-        self.active.load(Ordering::Acquire)
+        self.epoch.load(Ordering::SeqCst) % 2 == 1
+    }
+
+    /// The gate's epoch now.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// A session begins a request: publishes (in `routing`) the epoch it routes
+    /// under, and returns it. Stored before the epoch is read, so a mover that raises
+    /// the epoch and then reads `routing` cannot miss a request that saw the old one.
+    pub fn enter(&self, routing: &AtomicU64) -> u64 {
+        routing.store(ENTERING, Ordering::SeqCst);
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        routing.store(epoch, Ordering::SeqCst);
+        epoch
+    }
+
+    /// The session's request is over (nothing routed by it is still running).
+    pub fn leave(routing: &AtomicU64) {
+        routing.store(IDLE, Ordering::SeqCst);
+    }
+
+    /// Whether a session publishing `routing` runs a request begun before `epoch`.
+    pub fn routing_before(routing: &AtomicU64, epoch: u64) -> bool {
+        match routing.load(Ordering::SeqCst) {
+            IDLE => false,
+            ENTERING => true,
+            seen => seen < epoch,
+        }
     }
 
     /// The vshard being moved, if any.
@@ -148,7 +190,7 @@ impl Gate {
             writers: 0,
             spanning: 0,
         });
-        self.active.store(true, Ordering::Release);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         Some(MoveGate { gate: self.clone() })
     }
 
@@ -166,6 +208,11 @@ pub struct MoveGate {
 }
 
 impl MoveGate {
+    /// Raises the epoch (after the switch: requests begun later see the new map).
+    pub fn bump(&self) -> u64 {
+        self.gate.epoch.fetch_add(2, Ordering::SeqCst) + 2
+    }
+
     /// Holds new writes of the vshard and waits up to `wait` for those already
     /// admitted to end. On `Err` nothing is held.
     pub async fn hold_writes(&self, wait: Duration) -> Result<(), Busy> {
@@ -216,7 +263,7 @@ impl MoveGate {
 impl Drop for MoveGate {
     fn drop(&mut self) {
         *self.gate.lock() = None;
-        self.gate.active.store(false, Ordering::Release);
+        self.gate.epoch.fetch_add(1, Ordering::SeqCst);
         self.gate.changed.notify_waiters();
     }
 }
@@ -294,6 +341,36 @@ mod tests {
             .await
             .expect("released")
             .unwrap();
+    }
+
+    #[test]
+    fn requests_begun_before_a_move_are_seen_by_it() {
+        let gate = Arc::new(Gate::default());
+        let routing = AtomicU64::new(IDLE);
+        assert!(!Gate::routing_before(&routing, gate.epoch()));
+        let before = gate.enter(&routing);
+        assert_eq!(before % 2, 0, "no move");
+        let mover = gate.start(1).unwrap();
+        let start = gate.epoch();
+        assert!(
+            Gate::routing_before(&routing, start),
+            "begun before the move"
+        );
+        Gate::leave(&routing);
+        assert!(!Gate::routing_before(&routing, start));
+        gate.enter(&routing);
+        assert!(
+            !Gate::routing_before(&routing, start),
+            "begun after: admitted"
+        );
+        let switched = mover.bump();
+        assert!(
+            Gate::routing_before(&routing, switched),
+            "begun before the switch"
+        );
+        assert!(gate.active());
+        drop(mover);
+        assert!(!gate.active());
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ pub mod finish;
 pub mod gate;
 pub mod journal;
 pub mod mover;
+mod prepare;
 pub mod rebalance;
 pub mod recovery;
 pub mod schema;

@@ -20,14 +20,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::copy::copy_rows;
-use super::finish::{self, connect, retry_locked};
+use super::finish::{self, connect};
 use super::gate::MoveGate;
 use super::journal::{Journal, Record, Step};
-use super::schema;
-use super::sql::{MovedTable, Names, CAPTURE_SETUP, DDL_LOCK};
+use super::sql::{MovedTable, Names};
+use super::switch::quiesce;
 use crate::app::App;
 use crate::backend::server::ServerConn;
-use crate::backend::Topology;
 use crate::limits;
 use crate::router::decide::parse_text;
 
@@ -66,6 +65,17 @@ pub struct MoveReport {
 /// Moves `vshard` to the backend named `to`.
 pub async fn move_vshard(app: &Arc<App>, vshard: u32, to: &str) -> Result<MoveReport, MoveError> {
     let record = plan(app, vshard, to)?;
+    let journal = Journal::new(&app.config.state_dir);
+    let open = journal
+        .unfinished()
+        .map_err(|e| MoveError::Journal(e.to_string()))?;
+    if let Some(open) = open {
+        return Err(MoveError::Busy(format!(
+            "move {} of vshard {} is not finished (its recovery is retried); no move \
+             starts before it is",
+            open.id, open.vshard
+        )));
+    }
     let gate = app.gate.start(vshard).ok_or_else(|| {
         let moving = app
             .gate
@@ -75,7 +85,16 @@ pub async fn move_vshard(app: &Arc<App>, vshard: u32, to: &str) -> Result<MoveRe
             "another move is running{moving}; one runs at a time"
         ))
     })?;
-    let journal = Journal::new(&app.config.state_dir);
+    // Requests begun before the gate could see it may write the vshard without
+    // a permit: they end before the capture triggers go in (which then wait for
+    // their transactions).
+    let wait = app.config.checkout_timeout + limits::MOVE_OLD_MAP_WAIT;
+    if let Err(busy) = quiesce(app, app.gate.epoch(), wait).await {
+        return Err(MoveError::RolledBack(
+            vshard,
+            format!("{busy} requests begun before the move still ran after {wait:?}"),
+        ));
+    }
     journal
         .write(&record)
         .map_err(|e| MoveError::Journal(e.to_string()))?;
@@ -89,7 +108,15 @@ pub async fn move_vshard(app: &Arc<App>, vshard: u32, to: &str) -> Result<MoveRe
         Err(_) => "rolled_back",
     };
     metrics::counter!("pgshard_moves_total", "result" => outcome).increment(1);
-    result
+    match result {
+        // The vshard may be on both backends: statements on every vshard stay
+        // held until the cleanup is done.
+        Err(e @ MoveError::Unfinished(..)) => {
+            retry_recovery(app.clone(), Some(gate));
+            Err(e)
+        }
+        other => other,
+    }
 }
 
 /// The move's record, once the request makes sense against the running map.
@@ -120,6 +147,7 @@ fn plan(app: &App, vshard: u32, to: &str) -> Result<Record, MoveError> {
             name: t.name.clone(),
             key: t.key.clone(),
             key_type: t.key_type,
+            columns: String::new(),
         })
         .collect();
     tables.sort_by(|a, b| a.name.cmp(&b.name));
@@ -160,8 +188,10 @@ async fn run(
         tracing::warn!(vshard, error = %why, "move failed; undoing it");
         gate.release_writes();
         gate.release_spanning();
+        mover.reconnect_broken().await;
         if let Err(e) = finish::undo(&mover.record, &mut mover.src, &mut mover.dst).await {
-            tracing::warn!(vshard, error = %e, "undo incomplete; recovery finishes it at restart");
+            tracing::warn!(vshard, error = %e, "undo incomplete; retried in the background");
+            retry_recovery(app.clone(), None);
             return Err(MoveError::RolledBack(vshard, why));
         }
         mover.record.step = Step::RolledBack;
@@ -170,24 +200,32 @@ async fn run(
         return Err(MoveError::RolledBack(vshard, why));
     }
     if let Err(why) = mover.complete(gate, journal).await {
-        gate.release_spanning();
         tracing::warn!(vshard, error = %why, "move switched; cleanup failed");
-        retry_recovery(app.clone());
         return Err(MoveError::Unfinished(vshard, why));
     }
     Ok(mover.report())
 }
 
-/// Recovery retried until it succeeds, for a move whose cleanup failed.
-pub fn retry_recovery(app: Arc<App>) {
+/// Recovery of the unfinished move retried until it succeeds (one loop at a time),
+/// holding `hold` (the move's gate, statements on every vshard held) meanwhile.
+pub fn retry_recovery(app: Arc<App>, hold: Option<MoveGate>) {
+    if app
+        .move_recovery
+        .swap(true, std::sync::atomic::Ordering::AcqRel)
+    {
+        return;
+    }
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::time::sleep(limits::MOVE_RECOVERY_RETRY).await;
             match super::recovery::recover(&app).await {
-                Ok(()) => return,
+                Ok(()) => break,
                 Err(e) => tracing::warn!(error = %e, "move recovery failed; will retry"),
             }
         }
+        app.move_recovery
+            .store(false, std::sync::atomic::Ordering::Release);
+        drop(hold);
     });
 }
 
@@ -201,17 +239,38 @@ pub(super) struct Mover {
     pub(super) rounds: usize,
     pub(super) pause: Duration,
     pub(super) started: Instant,
-    /// The topology before the switch, until statements routed by it are done.
-    pub(super) old: Option<Arc<Topology>>,
+    /// The gate epoch from which requests route with the new map.
+    pub(super) switched_epoch: Option<u64>,
     /// The map the switch installed, until the history has it.
     pub(super) installed: Option<crate::router::ShardMap>,
 }
 
-fn failed(what: &str) -> impl Fn(crate::backend::server::ServerError) -> String + '_ {
+pub(super) fn failed(what: &str) -> impl Fn(crate::backend::server::ServerError) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
 impl Mover {
+    /// Connections left mid-request (a step cut off by its timeout) replaced.
+    async fn reconnect_broken(&mut self) {
+        let topology = self.app.topology.load_full();
+        let map = &topology.map;
+        for (conn, name) in [
+            (&mut self.src, &self.record.source),
+            (&mut self.dst, &self.record.target),
+        ] {
+            if !conn.broken {
+                continue;
+            }
+            let Some(id) = map.backend_id(name) else {
+                continue;
+            };
+            match connect(&map.backends[id].primary).await {
+                Ok(fresh) => *conn = fresh,
+                Err(e) => tracing::warn!(backend = %name, error = %e, "cannot reconnect"),
+            }
+        }
+    }
+
     async fn connect(app: &Arc<App>, record: Record) -> Result<Mover, String> {
         let topology = app.topology.load_full();
         let dsn = |name: &str| {
@@ -234,7 +293,7 @@ impl Mover {
             rounds: 0,
             pause: Duration::ZERO,
             started: Instant::now(),
-            old: None,
+            switched_epoch: None,
             installed: None,
         })
     }
@@ -246,7 +305,10 @@ impl Mover {
     }
 
     async fn copy_and_switch(&mut self, gate: &MoveGate, journal: &Journal) -> Result<(), String> {
-        self.prepare().await?;
+        self.check_tables().await?;
+        // The tables as they are moved, before anything is made on a backend.
+        journal.write(&self.record).map_err(|e| e.to_string())?;
+        self.install_capture().await?;
         self.initial_copy().await?;
         failpoint("copied").await;
         for _ in 0..limits::MOVE_CATCH_UP_ROUNDS {
@@ -255,74 +317,6 @@ impl Mover {
             }
         }
         self.switch(gate, journal).await
-    }
-
-    /// Tables on the target, none of the vshard's rows there yet, capture on the
-    /// source, staging tables on the target.
-    async fn prepare(&mut self) -> Result<(), String> {
-        let names: Vec<String> = self.record.tables.iter().map(|t| t.name.clone()).collect();
-        schema::copy_missing(std::slice::from_mut(&mut self.src), &mut self.dst, &names).await?;
-        // Tables the source lacks hold no rows to move.
-        let mut present = Vec::new();
-        for table in std::mem::take(&mut self.record.tables) {
-            if schema::exists(&mut self.src, &table.name)
-                .await
-                .map_err(failed("source"))?
-            {
-                present.push(table);
-            }
-        }
-        self.record.tables = present;
-        let (vshard, vshards) = (self.record.vshard, self.record.vshards);
-        for table in &self.record.tables {
-            let sql = format!(
-                "SELECT count(*) FROM {} WHERE {}",
-                table.sql_name(),
-                table.in_vshard(vshard, vshards)
-            );
-            let rows = self
-                .dst
-                .query_column(&sql)
-                .await
-                .map_err(failed("target"))?;
-            if rows.first() != Some(&Some("0".into())) {
-                return Err(format!(
-                    "backend \"{}\" already holds rows of vshard {vshard} in \"{}\" (rows there \
-                     that its map does not route to it); remove them first",
-                    self.record.target, table.name
-                ));
-            }
-        }
-        // A concurrent creator of the schema outside DDL_LOCK (two-phase recovery's
-        // log) may make the first try fail; the second finds it there.
-        if self.src.execute(CAPTURE_SETUP).await.is_err() {
-            self.src
-                .execute(CAPTURE_SETUP)
-                .await
-                .map_err(failed("capture setup on the source"))?;
-        }
-        self.dst
-            .execute(&format!("{DDL_LOCK}; CREATE SCHEMA IF NOT EXISTS pgshard"))
-            .await
-            .map_err(failed("target"))?;
-        for (i, table) in self.record.tables.iter().enumerate() {
-            let names = Names {
-                id: &self.record.id,
-            };
-            retry_locked(&mut self.src, &names.create_triggers(table))
-                .await
-                .map_err(failed("capture triggers on the source"))?;
-            let sql = format!(
-                "CREATE TABLE {} (LIKE {})",
-                names.staging(i),
-                table.sql_name()
-            );
-            self.dst
-                .execute(&sql)
-                .await
-                .map_err(failed("staging table"))?;
-        }
-        Ok(())
     }
 
     /// The vshard's rows, in one snapshot of the source taken after its capture
@@ -351,11 +345,12 @@ impl Mover {
     /// Copies the rows of table `i` that `filter` selects into its staging table.
     async fn copy(&mut self, i: usize, filter: &str) -> Result<u64, String> {
         let table = &self.record.tables[i];
+        let columns = &table.columns;
         let out_sql = format!(
-            "COPY (SELECT * FROM {} WHERE {filter}) TO STDOUT",
+            "COPY (SELECT {columns} FROM {} WHERE {filter}) TO STDOUT",
             table.sql_name()
         );
-        let in_sql = format!("COPY {} FROM STDIN", self.names().staging(i));
+        let in_sql = format!("COPY {} ({columns}) FROM STDIN", self.names().staging(i));
         copy_rows(&mut self.src, &mut self.dst, &out_sql, &in_sql)
             .await
             .map_err(|e| format!("copying \"{}\": {e}", table.name))

@@ -188,12 +188,18 @@ async fn run(app: Arc<App>, moves: Vec<Planned>) {
         app.rebalancer.lock().current = Some(planned.vshard);
         let result = move_vshard(&app, planned.vshard, &planned.to).await;
         let mut progress = app.rebalancer.lock();
+        let mut stop = false;
         match result {
             Ok(report) => {
                 progress.done += 1;
                 progress.rows_copied += report.rows_copied;
             }
             Err(e) => {
+                // A move left unfinished must be finished before any other starts.
+                stop = matches!(
+                    e,
+                    super::MoveError::Unfinished(..) | super::MoveError::Busy(_)
+                );
                 progress.failed += 1;
                 progress.errors.push(e.to_string());
             }
@@ -202,6 +208,11 @@ async fn run(app: Arc<App>, moves: Vec<Planned>) {
         progress.elapsed_s = started.elapsed().as_secs_f64();
         progress.eta_s = Some(progress.elapsed_s / finished as f64 * (total - finished) as f64);
         progress.current = None;
+        if stop {
+            progress.stopped = true;
+            tracing::warn!("rebalance stopped: a move did not finish");
+            break;
+        }
     }
     let mut progress = app.rebalancer.lock();
     progress.running = false;

@@ -1,7 +1,8 @@
 //! The SQL a vshard move runs on its backends.
 //!
 //! On the source, triggers on each sharded table log the key of every row written
-//! while the move runs (`pgshard.move_changes`; a TRUNCATE logs a NULL key), so the
+//! while the move runs (`pgshard.move_changes`; a TRUNCATE logs a NULL key, rows
+//! with a NULL key are in no vshard and are not logged), so the
 //! copy can catch up. On the target, each table's rows of the vshard gather in a
 //! staging table (`pgshard.move_<id>_<n>`, invisible to clients) until the switch
 //! inserts them into the table in one prepared transaction.
@@ -24,11 +25,11 @@ pub const CAPTURE_SETUP: &str = "SELECT pg_advisory_xact_lock(7243600001); \
         INSERT INTO pgshard.move_changes (move_id, tbl, key) VALUES (TG_ARGV[0], TG_ARGV[2], NULL); \
         RETURN NULL; \
       END IF; \
-      IF TG_OP <> 'INSERT' THEN \
+      IF TG_OP <> 'INSERT' AND to_jsonb(OLD) ->> TG_ARGV[1] IS NOT NULL THEN \
         INSERT INTO pgshard.move_changes (move_id, tbl, key) \
           VALUES (TG_ARGV[0], TG_ARGV[2], to_jsonb(OLD) ->> TG_ARGV[1]); \
       END IF; \
-      IF TG_OP <> 'DELETE' THEN \
+      IF TG_OP <> 'DELETE' AND to_jsonb(NEW) ->> TG_ARGV[1] IS NOT NULL THEN \
         INSERT INTO pgshard.move_changes (move_id, tbl, key) \
           VALUES (TG_ARGV[0], TG_ARGV[2], to_jsonb(NEW) ->> TG_ARGV[1]); \
       END IF; \
@@ -42,6 +43,10 @@ pub struct MovedTable {
     pub name: String,
     pub key: String,
     pub key_type: KeyType,
+    /// Its columns as the target orders them (quoted, comma-separated; generated
+    /// columns left out); named in every COPY and INSERT of the move.
+    #[serde(default)]
+    pub columns: String,
 }
 
 impl MovedTable {
@@ -157,6 +162,7 @@ mod tests {
             name: "public.or\"ders".into(),
             key: "id".into(),
             key_type: KeyType::Text,
+            columns: "\"id\"".into(),
         };
         assert_eq!(table.sql_name(), "\"public\".\"or\"\"ders\"");
         assert_eq!(

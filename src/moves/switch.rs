@@ -2,16 +2,23 @@
 //! what follows it (step 4). The vshard's writes are held only from the last
 //! catch-up to the new map's swap.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::finish::{self, retry_locked};
-use super::gate::MoveGate;
+use super::finish;
+use super::gate::{Gate, MoveGate};
 use super::journal::{Journal, Step};
 use super::mover::{failpoint, Mover};
 use super::schema::{ident, literal};
+use crate::app::App;
 use crate::limits;
 use crate::maps::How;
+use crate::router::ShardMap;
+
+/// Why a switch did not happen this time (it is tried again).
+enum Held {
+    Switched,
+    Busy(&'static str),
+}
 
 impl Mover {
     /// Holds the vshard's writes and switches; tries again (after another
@@ -22,89 +29,161 @@ impl Mover {
         journal: &Journal,
     ) -> Result<(), String> {
         let hold = self.app.config.move_hold;
+        let timeout = format!(
+            "SET statement_timeout = '{}ms'",
+            limits::MOVE_SWITCH_TIMEOUT.as_millis()
+        );
+        for conn in [&mut self.src, &mut self.dst] {
+            conn.execute(&timeout).await.map_err(|e| e.to_string())?;
+        }
         for attempt in 1..=limits::MOVE_HOLD_ATTEMPTS {
             let app = self.app.clone();
             // No other map change until this one is in.
-            let _changes = app.map_changes.lock().await;
+            let changes = app.map_changes.lock().await;
             if let Err(busy) = gate.hold_writes(hold).await {
                 tracing::info!(vshard = self.record.vshard, attempt, %busy, "writes did not end; trying again");
-                drop(_changes);
+                drop(changes);
                 self.catch_up().await?;
                 continue;
             }
             let held = Instant::now();
             let switched = self.switch_held(gate).await;
             gate.release_writes();
-            match switched {
-                Ok(true) => {
+            drop(changes);
+            match switched? {
+                Held::Switched => {
                     self.pause = held.elapsed();
                     self.record_switch(journal);
                     metrics::histogram!("pgshard_move_write_pause_seconds")
                         .record(self.pause.as_secs_f64());
                     return Ok(());
                 }
-                Ok(false) => {
-                    tracing::info!(
-                        vshard = self.record.vshard,
-                        attempt,
-                        "statements on every vshard did not end; trying again"
-                    );
+                Held::Busy(why) => {
+                    tracing::info!(vshard = self.record.vshard, attempt, why, "trying again");
+                    tokio::time::sleep(hold / 4).await;
+                    self.catch_up().await?;
                 }
-                Err(why) => return Err(why),
             }
         }
         Err(format!(
-            "the vshard's writes could not be held: statements running on it did not end \
+            "the vshard could not be switched: statements running on it did not end \
              within {hold:?}, {} times",
             limits::MOVE_HOLD_ATTEMPTS
         ))
     }
 
-    /// With the writes held. `Ok(false)`: statements on every vshard did not end
-    /// in time (nothing changed).
-    async fn switch_held(&mut self, gate: &MoveGate) -> Result<bool, String> {
+    /// With the writes held: the switch, unless something still runs.
+    async fn switch_held(&mut self, gate: &MoveGate) -> Result<Held, String> {
+        let prepared = tokio::time::timeout(limits::MOVE_SWITCH_TIMEOUT, self.prepare_switch(gate));
+        let new_map = match prepared.await {
+            Ok(Ok(Ok(map))) => map,
+            Ok(Ok(Err(busy))) => return Ok(busy),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                // Cut off mid-request: the connections are no use any more.
+                self.src.broken = true;
+                self.dst.broken = true;
+                return Err(format!(
+                    "the switch took longer than {:?}",
+                    limits::MOVE_SWITCH_TIMEOUT
+                ));
+            }
+        };
+        failpoint("prepared").await;
+        self.decide(gate, new_map).await?;
+        Ok(Held::Switched)
+    }
+
+    /// The last catch-up, statements on every vshard held, the target's rows in a
+    /// prepared transaction; the map to switch to. Nothing is decided yet.
+    async fn prepare_switch(&mut self, gate: &MoveGate) -> Result<Result<ShardMap, Held>, String> {
+        if self.prepared_on_source().await? {
+            return Ok(Err(Held::Busy(
+                "a two-phase commit prepared on the source holds its rows",
+            )));
+        }
         self.catch_up().await?;
         if gate.hold_spanning(self.app.config.move_hold).await.is_err() {
-            return Ok(false);
+            return Ok(Err(Held::Busy("statements on every vshard did not end")));
         }
         let running = self.app.topology.load_full();
         let map = &running.map;
-        let (vshard, target) = (self.record.vshard, self.record.target.clone());
+        let (vshard, target) = (self.record.vshard, &self.record.target);
         if map.owner_name(vshard) != Some(self.record.source.as_str()) {
             return Err(format!(
                 "vshard {vshard} changed backend while it was being moved"
             ));
         }
         let target_id = map
-            .backend_id(&target)
+            .backend_id(target)
             .ok_or_else(|| format!("backend \"{target}\" left the map"))?;
         let new_map = map
             .with_assignment(map.version + 1, &[(vshard, target_id)])
             .map_err(|e| e.to_string())?;
         self.insert_prepared().await?;
-        failpoint("prepared").await;
-        // The decision: once the map file has the vshard on the target, the move
-        // has happened (recovery reads it off the map the proxy starts with).
+        Ok(Ok(new_map))
+    }
+
+    /// The decision (the new map file), the target's commit, the new map in.
+    async fn decide(&mut self, gate: &MoveGate, new_map: ShardMap) -> Result<(), String> {
+        let vshard = self.record.vshard;
+        // Once the map file has the vshard on the target, the move has happened
+        // (recovery reads it off the map the proxy starts with).
         self.app.persist_map(&new_map).map_err(|e| e.to_string())?;
         self.record.to_version = Some(new_map.version);
         failpoint("decided").await;
-        let gid = literal(&self.names().gid());
-        if let Err(e) = self.dst.execute(&format!("COMMIT PREPARED {gid}")).await {
+        let commit_sql = format!("COMMIT PREPARED {}", literal(&self.names().gid()));
+        let commit = self.dst.execute(&commit_sql);
+        match tokio::time::timeout(limits::MOVE_SWITCH_TIMEOUT, commit).await {
+            Ok(Ok(())) => {}
             // Decided: recovery commits it; the map switches regardless.
-            tracing::error!(vshard, error = %e, "COMMIT PREPARED failed on the target; recovery completes it");
+            Ok(Err(e)) => {
+                tracing::error!(vshard, error = %e, "COMMIT PREPARED failed on the target; recovery completes it")
+            }
+            Err(_) => {
+                self.dst.broken = true;
+                tracing::error!(
+                    vshard,
+                    "COMMIT PREPARED timed out on the target; recovery completes it"
+                );
+            }
         }
-        self.old = Some(running.clone());
         self.installed = Some(new_map.clone());
         let swapped = self.app.install_map(new_map);
+        // Requests begun from now on route with the new map.
+        self.switched_epoch = Some(gate.bump());
         tracing::info!(
             vshard,
             from = %self.record.source,
-            to = %target,
+            to = %self.record.target,
             version = swapped.version,
             swap_us = swapped.swap_us,
             "vshard switched"
         );
-        Ok(true)
+        Ok(())
+    }
+
+    /// Whether a transaction prepared by a two-phase commit (and not yet committed)
+    /// holds locks on the moved tables on the source: its changes are not visible
+    /// to the catch-up yet.
+    async fn prepared_on_source(&mut self) -> Result<bool, String> {
+        let tables: Vec<String> = self
+            .record
+            .tables
+            .iter()
+            .map(|t| literal(&t.name))
+            .collect();
+        let sql = format!(
+            "SELECT count(*) FROM pg_locks WHERE pid IS NULL AND locktype = 'relation' \
+             AND relation IN (SELECT to_regclass(t) FROM unnest(ARRAY[{}]::text[]) t)",
+            tables.join(", ")
+        );
+        let rows = self
+            .src
+            .query_column(&sql)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(rows.first() != Some(&Some("0".to_string())))
     }
 
     /// Once the writes go on: the journal and the map history learn of the switch
@@ -125,8 +204,9 @@ impl Mover {
     async fn insert_prepared(&mut self) -> Result<(), String> {
         let mut sql = String::from("BEGIN; ");
         for (i, table) in self.record.tables.iter().enumerate() {
+            let columns = &table.columns;
             sql += &format!(
-                "INSERT INTO {} OVERRIDING SYSTEM VALUE SELECT * FROM {}; ",
+                "INSERT INTO {} ({columns}) OVERRIDING SYSTEM VALUE SELECT {columns} FROM {}; ",
                 table.sql_name(),
                 self.names().staging(i)
             );
@@ -149,10 +229,25 @@ impl Mover {
         gate: &MoveGate,
         journal: &Journal,
     ) -> Result<(), String> {
-        if let Some(old) = self.old.take() {
-            wait_unused(old, limits::MOVE_OLD_MAP_WAIT).await;
+        if let Some(epoch) = self.switched_epoch {
+            // Requests routed by the old map (a read waiting for a connection) must
+            // not find the rows gone. One stuck longer than a checkout can wait is
+            // not waiting for a server.
+            let wait = self.app.config.checkout_timeout + limits::MOVE_OLD_MAP_WAIT;
+            if let Err(busy) = quiesce(&self.app, epoch, wait).await {
+                tracing::warn!(
+                    vshard = self.record.vshard,
+                    requests = busy,
+                    "requests begun before the switch still run; deleting the old rows anyway"
+                );
+            }
         }
         failpoint("switched").await;
+        for conn in [&mut self.src, &mut self.dst] {
+            conn.execute("SET statement_timeout = 0")
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         self.delete_from_source().await?;
         gate.release_spanning();
         // Rows of the vshard written to the source behind the proxy's back.
@@ -187,7 +282,13 @@ impl Mover {
     /// Deletes the moved rows from the source, by the keys staged on the target
     /// (quick, by index where there is one), in one transaction.
     async fn delete_from_source(&mut self) -> Result<(), String> {
-        let mut sql = String::from("BEGIN; ");
+        // Nothing through the proxy writes these rows any more (writes and locking
+        // reads are drained), but a transaction begun before the move may still
+        // lock some: wait a while for it, else the cleanup is retried later.
+        let mut sql = format!(
+            "BEGIN; SET LOCAL lock_timeout = '{}ms'; ",
+            limits::MOVE_DELETE_LOCK_WAIT.as_millis()
+        );
         for (i, table) in self.record.tables.iter().enumerate() {
             let keys = self
                 .dst
@@ -209,7 +310,7 @@ impl Mover {
             sql += &format!("DELETE FROM {} WHERE {filter}; ", table.sql_name());
         }
         sql += "COMMIT";
-        if let Err(e) = retry_locked(&mut self.src, &sql).await {
+        if let Err(e) = self.src.simple(&sql).await {
             let _ = self.src.execute("ROLLBACK").await;
             return Err(format!("deleting from the source: {e}"));
         }
@@ -217,11 +318,20 @@ impl Mover {
     }
 }
 
-/// Waits (at most `wait`) until nobody but the caller holds `topology`: sessions
-/// hold the snapshot they route with while a request of theirs is in flight.
-async fn wait_unused(topology: Arc<super::super::backend::Topology>, wait: Duration) {
+/// Waits (at most `wait`) until no client runs a request begun before the gate
+/// `epoch`. `Err(n)`: n still run.
+pub(super) async fn quiesce(app: &App, epoch: u64, wait: Duration) -> Result<(), usize> {
     let deadline = Instant::now() + wait;
-    while Arc::strong_count(&topology) > 1 && Instant::now() < deadline {
+    loop {
+        let busy = app
+            .clients
+            .count(|c| Gate::routing_before(&c.routing, epoch));
+        if busy == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(busy);
+        }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }

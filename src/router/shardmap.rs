@@ -12,6 +12,8 @@ use crate::backend::dsn::Dsn;
 pub const VSHARDS_DEFAULT: u32 = 1000;
 /// Largest vshard count a map may declare.
 pub const VSHARDS_MAX: u32 = 65_536;
+/// Largest map version (far below i64::MAX, so versions can always go up).
+pub const VERSION_MAX: u64 = 1 << 53;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MapError {
@@ -133,6 +135,12 @@ impl ShardMap {
     pub fn parse(text: &str) -> Result<ShardMap, MapError> {
         let raw: RawMap = toml::from_str(text).map_err(|e| MapError::Toml(e.to_string()))?;
         let invalid = |m: String| MapError::Invalid(m);
+        if raw.version > VERSION_MAX {
+            return Err(invalid(format!(
+                "version must be at most {VERSION_MAX}, got {}",
+                raw.version
+            )));
+        }
         if raw.vshards == 0 || raw.vshards > VSHARDS_MAX {
             return Err(invalid(format!(
                 "vshards must be 1..={VSHARDS_MAX}, got {}",
@@ -433,6 +441,10 @@ mod tests {
         check(&map("\"0-10\" = \"a\"\n"), Err("range must lie within 0-9"));
         check(&map("\"x\" = \"a\"\n"), Err("expected a vshard or a range"));
         check("version = ", Err("not valid TOML"));
+        check(
+            &map("\"0-9\" = \"a\"\n").replace("version = 3", "version = 9223372036854775807"),
+            Err("version must be at most 9007199254740992"),
+        );
         let text =
             map("\"0-9\" = \"a\"\n").replace("default_backend = \"a\"", "default_backend = \"z\"");
         check(&text, Err("default_backend \"z\" is not a backend"));

@@ -250,7 +250,6 @@ pub fn start_proxy_with_map(name: &str, map: &str, extra: &str) -> Proxy {
     let dir =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("proxy-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_file(log_path(name));
     std::fs::create_dir_all(&dir).expect("proxy dir");
     std::fs::write(dir.join("shardmap.toml"), map).expect("write shard map");
     let config = format!("listen = \"127.0.0.1:0\"\nshard_map = \"shardmap.toml\"\n{extra}");
@@ -287,6 +286,8 @@ pub async fn through_proxy(client: &tokio_postgres::Client, sql: &str) -> String
 pub fn restart_proxy(name: &str, dir: &Path, env: &[(&str, &str)]) -> Proxy {
     let path = dir.join("pgshard.toml");
     let log = log_path(name);
+    // A log of an earlier run of the tests must not answer this run's waits.
+    let _ = std::fs::remove_file(&log);
     let args = vec!["run".into(), "--config".into(), path.display().to_string()];
     let env = env
         .iter()

@@ -17,6 +17,7 @@ use super::shared::frames_of;
 use super::Session;
 use crate::backend::Topology;
 use crate::limits;
+use crate::moves::gate::Gate;
 use crate::router::touch::{touch, Touch};
 use crate::router::ShardMap;
 
@@ -59,6 +60,23 @@ impl Session {
         }
     }
 
+    /// A request begins: the gate epoch it routes under is published (`moves::gate`).
+    pub(super) fn begin_request(&mut self) {
+        if !self.in_request {
+            self.app.gate.enter(&self.info.routing);
+            self.in_request = true;
+        }
+    }
+
+    /// Once nothing routed by the current request is owed, it is over.
+    pub(super) fn end_request(&mut self) {
+        let quiet = self.pipeline.is_empty() && !self.pipeline.unsynced && self.answering.is_none();
+        if self.in_request && quiet {
+            Gate::leave(&self.info.routing);
+            self.in_request = false;
+        }
+    }
+
     /// Passes the request at the front of the client's buffer through the gate of
     /// a move under way, and makes the snapshot follow vshards it touches that
     /// moved. `Err(why)`: the transaction cannot follow (backends were removed or
@@ -74,14 +92,19 @@ impl Session {
             return Ok(());
         }
         let snapshot = self.take_snapshot();
-        let touch = self.front_touch(&snapshot.map);
+        let epoch = gate.epoch();
+        let front = self.front_touch(&snapshot.map, epoch);
+        if front.bound {
+            self.bound_epoch = epoch;
+        }
+        let touch = front.touch;
         if touch.is_empty() {
             return Ok(());
         }
         // The gate first: once admitted, the map this statement sees cannot switch
         // the vshard away before the statement ends.
         if gate.active() {
-            gate.admit(&touch, &mut self.permits).await;
+            self.pass_gate(&gate, &touch).await;
         }
         let current = self.app.topology.load_full();
         if current.map.version == snapshot.map.version
@@ -105,11 +128,27 @@ impl Session {
         Ok(())
     }
 
+    /// Waits at the gate while it holds what `touch` needs. Meanwhile the session
+    /// publishes no request unless replies are still owed to it: the mover, which
+    /// waits for requests begun before its switch, must not wait for one it holds.
+    async fn pass_gate(&mut self, gate: &Arc<Gate>, touch: &Touch) {
+        let quiet = self.pipeline.is_empty() && !self.pipeline.unsynced;
+        if quiet {
+            Gate::leave(&self.info.routing);
+        }
+        gate.admit(touch, &mut self.permits).await;
+        if quiet {
+            gate.enter(&self.info.routing);
+        }
+    }
+
     /// What the request at the front of the buffer touches: its Query, or the Binds
-    /// of its extended batch up to Sync.
-    fn front_touch(&self, map: &ShardMap) -> Touch {
+    /// of its extended batch up to Sync. An Execute of a portal bound under another
+    /// gate epoch (bound before a move began) may write anything.
+    fn front_touch(&self, map: &ShardMap, epoch: u64) -> Front {
         let buf = &self.conn.rbuf[..];
-        let mut out = Touch::default();
+        let mut front = Front::default();
+        let out = &mut front.touch;
         let mut unnamed: Option<&[u8]> = None;
         let mut at = 0;
         for (info, payload) in frames_of(buf).take(limits::SHARED_BATCH_MESSAGES_MAX) {
@@ -119,14 +158,26 @@ impl Session {
                 b'Q' => payload
                     .strip_suffix(b"\0")
                     .and_then(|sql| std::str::from_utf8(sql).ok())
-                    .and_then(|sql| self.analyze(sql, map))
-                    .map(|analyzed| touch(&analyzed, &[], map)),
+                    .and_then(|sql| self.analyze(sql, map).map(|a| (a, locks_rows(sql))))
+                    .map(|(analyzed, locks)| with_locks(touch(&analyzed, &[], map), locks)),
                 b'P' => {
-                    unnamed = Some(frame);
+                    // Only the unnamed statement is bound by an unnamed reference.
+                    if payload.first() == Some(&0) {
+                        unnamed = Some(frame);
+                    }
                     None
                 }
-                b'B' => self.with_bound(payload, unnamed, map, |analyzed, params| {
-                    touch(analyzed, params, map)
+                b'B' => {
+                    front.bound = true;
+                    let locks = self.bound_sql(payload, unnamed).is_some_and(locks_rows);
+                    self.with_bound(payload, unnamed, map, |analyzed, params| {
+                        with_locks(touch(analyzed, params, map), locks)
+                    })
+                }
+                b'E' if !front.bound && self.bound_epoch != epoch => Some(Touch {
+                    vshards: Vec::new(),
+                    everywhere: true,
+                    write: true,
                 }),
                 _ => None,
             };
@@ -141,18 +192,50 @@ impl Session {
         }
         out.vshards.sort_unstable();
         out.vshards.dedup();
-        out
+        front
     }
+}
+
+/// What a request touches, and whether it binds a portal.
+#[derive(Default)]
+struct Front {
+    touch: Touch,
+    bound: bool,
+}
+
+/// A read that locks rows (`FOR UPDATE`, `FOR SHARE` ...) holds them like a write.
+fn locks_rows(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    [
+        "for update",
+        "for share",
+        "for no key update",
+        "for key share",
+    ]
+    .iter()
+    .any(|clause| lower.contains(clause))
+}
+
+fn with_locks(mut touch: Touch, locks: bool) -> Touch {
+    touch.write |= locks;
+    touch
 }
 
 /// Whether a statement touching `touch` runs elsewhere under `new` than under `old`.
 fn moved(old: &ShardMap, new: &ShardMap, touch: &Touch) -> bool {
-    // Rows anywhere: any change of backends or assignment matters.
-    touch.everywhere
-        || touch
-            .vshards
-            .iter()
-            .any(|&v| old.owner_name(v) != new.owner_name(v))
+    let owner_changed = |v: &u32| old.owner_name(*v) != new.owner_name(*v);
+    if !touch.everywhere {
+        return touch.vshards.iter().any(owner_changed);
+    }
+    // Rows anywhere: a vshard that changed backend, or a backend added or removed
+    // (a reordered list or a new DSN alone changes nothing for it).
+    names(old) != names(new) || (0..new.vshards()).any(|v| owner_changed(&v))
+}
+
+fn names(map: &ShardMap) -> Vec<&str> {
+    let mut names: Vec<&str> = map.backends.iter().map(|b| b.name.as_str()).collect();
+    names.sort_unstable();
+    names
 }
 
 /// Whether `new` keeps every backend of `old` at the same index with the same pool,

@@ -85,6 +85,10 @@ pub struct Session {
     snapshot: Option<Arc<Topology>>,
     /// Admissions past a vshard move's gate, kept until the transaction ends.
     permits: Vec<Permit>,
+    /// A request is running (published to the move gate: `follow.rs`).
+    in_request: bool,
+    /// The gate epoch the last Bind was admitted under.
+    bound_epoch: u64,
 }
 
 /// A client's unnamed statement: its Parse message as sent, and what it changes.
@@ -132,6 +136,8 @@ impl Session {
             pinned: None,
             snapshot: None,
             permits: Vec::new(),
+            in_request: false,
+            bound_epoch: 0,
         }
     }
 
@@ -159,6 +165,7 @@ impl Session {
             self.conn.flush().await?;
             self.maybe_release();
             self.settle();
+            self.end_request();
             let settled = self.server.is_none() || self.pipeline.is_empty();
             if settled && matches!(next_frame(&self.conn.rbuf), Ok(Some(_))) {
                 // Input held back until earlier requests were answered.
@@ -204,6 +211,14 @@ impl Session {
     async fn handle_client_input(&mut self) -> Result<bool, ConnError> {
         loop {
             self.settle();
+            self.end_request();
+            if !matches!(next_frame(&self.conn.rbuf), Ok(Some(_))) {
+                // Nothing whole to handle (a malformed frame is reported below).
+                if next_frame(&self.conn.rbuf).is_ok() {
+                    return Ok(true);
+                }
+            }
+            self.begin_request();
             if let Err(why) = self.admit().await {
                 if self.refuse_front(why) {
                     continue;
