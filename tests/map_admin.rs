@@ -211,3 +211,33 @@ async fn bad_maps_are_refused_while_the_running_map_serves() {
     assert_eq!(versions, ["1", "2", "3", "4"], "{history}");
     assert_eq!(through_proxy(&client, "SELECT 41 + 1").await, "42");
 }
+
+/// A transaction in flight finishes on the map it began with; the next one takes the
+/// new map. Seen through the default backend, where unlisted statements go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_in_flight_keeps_its_map() {
+    let proxy = common::start_proxy(demo(2, 4), "map-snapshot", CONFIG);
+    let running = std::fs::read_to_string(proxy.dir.join("shardmap.toml")).unwrap();
+    let port = |b: usize| demo(2, 4).backends[b].1.to_string();
+    let client = common::connect(proxy.addr, common::USER, common::PASSWORD, common::DATABASE)
+        .await
+        .unwrap();
+    const PORT: &str = "SELECT current_setting('port')";
+    client.simple_query("BEGIN").await.unwrap();
+    assert_eq!(through_proxy(&client, PORT).await, port(0));
+    let v2 = edited(&running, |d| {
+        version_2(d);
+        d.insert("default_backend".into(), "b1".into());
+    });
+    let (ok, out, err) = map_cli(&proxy, &["apply"], Some(&v2));
+    assert!(ok && out.contains("default backend b0 -> b1"), "{out}{err}");
+    assert_eq!(version(&proxy).await, 2);
+    // Still the transaction's map: the same backend.
+    assert_eq!(through_proxy(&client, PORT).await, port(0));
+    client.simple_query("COMMIT").await.unwrap();
+    assert_eq!(through_proxy(&client, PORT).await, port(1));
+    let other = common::connect(proxy.addr, common::USER, common::PASSWORD, common::DATABASE)
+        .await
+        .unwrap();
+    assert_eq!(through_proxy(&other, PORT).await, port(1));
+}

@@ -242,3 +242,57 @@ async fn columns_ordered_differently_on_the_target_move_by_name() {
         assert_eq!(row, format!("{k} {}", 2 * k));
     }
 }
+
+/// A rebalance stopped midway ends after the move under way; what it moved is moved,
+/// the rest stays, and every row is where the map says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_stops_between_moves() {
+    let mut doc: toml::Table = toml::from_str(&map(&["race_rebalance"])).unwrap();
+    let mut assign = toml::Table::new();
+    assign.insert("0-599".into(), "b0".into());
+    assign.insert("600-999".into(), "b1".into());
+    doc.insert("assign".into(), toml::Value::Table(assign));
+    let config = format!("http_listen = \"127.0.0.1:0\"\npool_size = 4\n{USERS}");
+    let proxy =
+        common::start_proxy_with_map("race-rebalance", &toml::to_string(&doc).unwrap(), &config);
+    let c = client(&proxy).await;
+    fill(&c, "race_rebalance", ROWS).await;
+    let http = proxy.http.unwrap();
+    let (status, plan) = common::http_call(http, "POST", "/api/rebalance", "{}").await;
+    assert_eq!(status, 200, "{plan}");
+    let plan: Value = serde_json::from_str(&plan).unwrap();
+    assert_eq!(plan["planned"], 100, "{plan}");
+    let two_done = wait_until(Duration::from_secs(60), || async {
+        let body = common::http_get(http, "/api/rebalance").await;
+        serde_json::from_str::<Value>(&body).unwrap()["done"].as_u64() >= Some(2)
+    })
+    .await;
+    assert!(two_done);
+    common::http_call(http, "POST", "/api/rebalance/stop", "").await;
+    let ended = wait_until(Duration::from_secs(60), || async {
+        let body = common::http_get(http, "/api/rebalance").await;
+        serde_json::from_str::<Value>(&body).unwrap()["running"] == false
+    })
+    .await;
+    assert!(ended, "the rebalance did not stop");
+    let body = common::http_get(http, "/api/rebalance").await;
+    let progress: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(progress["stopped"], true, "{progress}");
+    assert_eq!(progress["failed"], 0, "{progress}");
+    let done = progress["done"].as_u64().unwrap();
+    assert!((2..100).contains(&done), "{progress}");
+    let body = common::http_get(http, "/api/map").await;
+    let map: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(map["backends"][1]["vshards"], 400 + done, "{map}");
+    assert_eq!(
+        through_proxy(&c, "SELECT count(*) FROM race_rebalance").await,
+        ROWS.to_string()
+    );
+    let mut total = 0;
+    for b in 0..2 {
+        let direct = common::backend_client(demo(2, 4), b).await;
+        let n = through_proxy(&direct, "SELECT count(*) FROM race_rebalance").await;
+        total += n.parse::<i32>().unwrap();
+    }
+    assert_eq!(total, ROWS, "a row on two backends, or none");
+}
