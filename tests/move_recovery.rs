@@ -82,14 +82,7 @@ async fn consistent(proxy: &Proxy) -> String {
             "0",
             "stray rows on {name}"
         );
-        let left = through_proxy(
-            &direct,
-            "SELECT (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgshard_move%') \
-             + (SELECT count(*) FROM pg_tables WHERE schemaname = 'pgshard' \
-               AND tablename ~ '^move_[0-9a-f]+_[0-9]+$') \
-             + (SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'move\\_pgshard%')",
-        )
-        .await;
+        let left = through_proxy(&direct, common::MOVE_LEFTOVERS).await;
         assert_eq!(left, "0", "a move's objects left on {name}");
     }
     let totals = totals.map(|t| t.to_string());

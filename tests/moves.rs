@@ -151,14 +151,7 @@ async fn rows_where_the_map_says(proxy: &Proxy, backends: &[(String, SocketAddr)
                 "{table} rows on {name} that its map does not route there"
             );
         }
-        let left = through_proxy(
-            &client,
-            "SELECT (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgshard_move%') \
-             + (SELECT count(*) FROM pg_tables WHERE schemaname = 'pgshard' \
-               AND tablename ~ '^move_[0-9a-f]+_[0-9]+$') \
-             + (SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'move\\_pgshard%')",
-        )
-        .await;
+        let left = through_proxy(&client, common::MOVE_LEFTOVERS).await;
         assert_eq!(
             left, "0",
             "triggers, staging tables or prepared moves left on {name}"

@@ -3,16 +3,7 @@
 use super::*;
 
 fn map() -> ShardMap {
-    let backends: Vec<_> = (0..4)
-        .map(|i| {
-            (
-                format!("b{i}"),
-                format!("postgresql://u@h:{}/d", 5000 + i),
-                vec![],
-            )
-        })
-        .collect();
-    ShardMap::parse(&ShardMap::even_toml(&backends, 1000)).unwrap()
+    ShardMap::even_for_tests(4)
 }
 
 fn text() -> CopyFormat {

@@ -6,16 +6,7 @@ use crate::router::sql::PlanCache;
 use crate::router::ShardMap;
 
 fn map() -> ShardMap {
-    let backends: Vec<_> = (0..2)
-        .map(|i| {
-            (
-                format!("b{i}"),
-                format!("postgresql://u@h:{}/d", 5000 + i),
-                vec![],
-            )
-        })
-        .collect();
-    ShardMap::parse(&ShardMap::even_toml(&backends, 1000)).unwrap()
+    ShardMap::even_for_tests(2)
 }
 
 /// The backends' statement for `sql`, with text parameters `params`.

@@ -254,6 +254,21 @@ impl ShardMap {
         ShardMap::parse(&text)
     }
 
+    /// The demo's map over `backends` made-up backends (`b0`, `b1`, ...), for tests.
+    #[cfg(test)]
+    pub fn even_for_tests(backends: usize) -> ShardMap {
+        let backends: Vec<_> = (0..backends)
+            .map(|i| {
+                (
+                    format!("b{i}"),
+                    format!("postgresql://u@h:{}/d", 5000 + i),
+                    vec![],
+                )
+            })
+            .collect();
+        ShardMap::parse(&ShardMap::even_toml(&backends, VSHARDS_DEFAULT)).expect("map")
+    }
+
     pub fn vshards(&self) -> u32 {
         self.assignment.len() as u32
     }

@@ -145,16 +145,7 @@ mod tests {
     use crate::router::sql::PlanCache;
 
     fn map() -> ShardMap {
-        let backends: Vec<_> = (0..2)
-            .map(|i| {
-                (
-                    format!("b{i}"),
-                    format!("postgresql://u@h:{}/d", 5000 + i),
-                    vec![],
-                )
-            })
-            .collect();
-        ShardMap::parse(&ShardMap::even_toml(&backends, 1000)).unwrap()
+        ShardMap::even_for_tests(2)
     }
 
     fn check(sql: &str, params: &[&str], expect: (&[i64], bool, bool)) {

@@ -267,6 +267,14 @@ pub fn vshard_sql(column: &str) -> String {
     )
 }
 
+/// On a backend: how many capture triggers, staging tables and prepared
+/// transactions vshard moves left there (0 once every move is done).
+pub const MOVE_LEFTOVERS: &str =
+    "SELECT (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgshard_move%') \
+     + (SELECT count(*) FROM pg_tables WHERE schemaname = 'pgshard' \
+       AND tablename ~ '^move_[0-9a-f]+_[0-9]+$') \
+     + (SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'move\\_pgshard%')";
+
 /// `sql`'s first value as text, run as a simple Query.
 pub async fn through_proxy(client: &tokio_postgres::Client, sql: &str) -> String {
     let replies = client

@@ -468,21 +468,10 @@ pub(super) fn spreads_batch(decision: &Decision) -> bool {
     )
 }
 
-/// Decisions that run on several backends inside a transaction (as simple Queries).
+/// Decisions that run on several backends inside a transaction (as simple Queries):
+/// those of a batch, and COPY.
 pub(super) fn spreads(decision: &Decision) -> bool {
-    matches!(
-        decision,
-        Decision::All
-            | Decision::Many { .. }
-            | Decision::Split(_)
-            | Decision::Scatter(Merge::Concat | Merge::Combine(_))
-            | Decision::Gather {
-                merge: Merge::Concat | Merge::Combine(_),
-                ..
-            }
-            | Decision::CopyIn(_)
-            | Decision::CopyOut { .. }
-    )
+    spreads_batch(decision) || matches!(decision, Decision::CopyIn(_) | Decision::CopyOut { .. })
 }
 
 /// A Query frame's INSERT split into one Query frame per backend.
