@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::time::Duration;
 
 use common::{demo, pg_tool, through_proxy, vshard_sql, Demo};
@@ -25,6 +26,9 @@ fn map() -> ShardMap {
 /// The demo's user, over the test's own proxy (two-phase recovery every 300 ms).
 const PROXY_CONFIG: &str = "pool_size = 12\ntwo_phase_recovery_interval_ms = 300\n\
     [[users]]\nname = \"pgshard\"\npassword = \"pgshard\"\nauth = \"scram-sha-256\"\n";
+
+/// Times the test holds the decision log's lock to cut participants.
+const CUT_ROUNDS: usize = 5;
 
 fn pgbench(addr: std::net::SocketAddr, args: &[&str]) -> String {
     let out = pg_tool("pgbench", addr, args);
@@ -71,6 +75,91 @@ async fn sums_agree(proxy: &tokio_postgres::Client) -> i64 {
     let first = seen[0].2;
     assert!(seen.iter().all(|s| s.2 == first), "{seen:?}");
     first
+}
+
+/// One round of cutting participants: holds the decision log's lock (on the log
+/// backend, `log`) until some participant away from it was terminated while its
+/// coordinator waited for the lock, or the run ended. Returns how many were.
+async fn cut_round(
+    log: &tokio_postgres::Client,
+    watcher: &tokio_postgres::Client,
+    killers: &[tokio_postgres::Client],
+    run: &tokio::task::JoinHandle<String>,
+) -> i64 {
+    log.batch_execute("BEGIN; LOCK TABLE pgshard.two_phase_log IN SHARE MODE")
+        .await
+        .unwrap();
+    let cut = AtomicI64::new(0);
+    let cut_some = common::wait_until(Duration::from_secs(30), || {
+        let cut = &cut;
+        async move {
+            let gids = waiting_decisions(watcher).await;
+            for killer in killers {
+                cut.fetch_add(cut_participants(killer, &gids).await, Relaxed);
+            }
+            cut.load(Relaxed) > 0 || run.is_finished()
+        }
+    })
+    .await;
+    log.batch_execute("COMMIT").await.unwrap();
+    assert!(cut_some, "no coordinator came to wait for its decision");
+    cut.load(Relaxed)
+}
+
+/// The gids whose coordinators wait for the decision log's lock: each has prepared
+/// on every participant and cannot send COMMIT PREPARED while the lock is held.
+async fn waiting_decisions(log_backend: &tokio_postgres::Client) -> Vec<String> {
+    // The waiters first, then what they run: a waiter stays blocked while the lock
+    // is held, so the later snapshot of pg_stat_activity still shows its INSERT.
+    let waiting: Vec<i32> = log_backend
+        .query(
+            "SELECT pid FROM pg_locks WHERE NOT granted \
+             AND relation = 'pgshard.two_phase_log'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    log_backend
+        .query(
+            "SELECT substring(query FROM 'pgshard_[0-9a-f]{32}') FROM pg_stat_activity \
+             WHERE pid = ANY($1) AND query LIKE 'INSERT INTO pgshard.two_phase_log %'",
+            &[&waiting],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.get::<_, Option<String>>(0))
+        .collect()
+}
+
+/// Terminates the connections on `backend` that are idle after preparing one of
+/// `gids`.
+async fn cut_participants(backend: &tokio_postgres::Client, gids: &[String]) -> i64 {
+    if gids.is_empty() {
+        return 0;
+    }
+    let prepares: Vec<String> = gids
+        .iter()
+        .map(|gid| format!("PREPARE TRANSACTION '{gid}'"))
+        .collect();
+    one_row(
+        backend,
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE state = 'idle' AND query = ANY($1)",
+        &prepares,
+    )
+    .await
+}
+
+async fn one_row(client: &tokio_postgres::Client, sql: &str, list: &[String]) -> i64 {
+    let row = client
+        .query_one(sql, &[&list])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    row.get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,34 +264,33 @@ async fn pgbench_initializes_reads_and_runs_tpcb_over_four_backends() {
     assert_ne!(moved, 0, "TPC-B moved no money");
 
     // Two-phase recovery: during TPC-B, participant connections (on backends other
-    // than the one holding the decision log) are terminated right after PREPARE.
+    // than the one holding the decision log) are terminated between PREPARE and
+    // COMMIT PREPARED. For a moment the test holds a lock on the decision log:
+    // coordinators that have prepared everywhere then wait to write their decision,
+    // so their participants are idle after PREPARE, and stay so until the lock goes,
+    // whatever the timing. Only those are cut; a connection that went on to other
+    // work never is.
     let run = tokio::task::spawn_blocking(move || {
         pgbench(
             addr,
-            &["-c", "8", "-j", "2", "-T", "8", "-n", common::DATABASE],
+            &["-c", "8", "-j", "2", "-t", "150", "-n", common::DATABASE],
         )
     });
+    let log = common::backend_client(cluster(), map.default_backend).await;
+    let watcher = common::backend_client(cluster(), map.default_backend).await;
+    let mut killers = Vec::new();
+    for b in (0..BACKENDS).filter(|&b| b != map.default_backend) {
+        killers.push(common::backend_client(cluster(), b).await);
+    }
     let mut terminated = 0;
-    let killers: Vec<_> = {
-        let mut v = Vec::new();
-        for b in (0..BACKENDS).filter(|&b| b != map.default_backend) {
-            v.push(common::backend_client(cluster(), b).await);
+    for _ in 0..CUT_ROUNDS {
+        if run.is_finished() {
+            break;
         }
-        v
-    };
-    while !run.is_finished() {
-        for killer in &killers {
-            terminated += one_i64(
-                killer,
-                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE state = 'idle' AND query LIKE 'PREPARE TRANSACTION%' \
-                 AND pid <> pg_backend_pid()) AS t",
-            )
-            .await;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        terminated += cut_round(&log, &watcher, &killers, &run).await;
     }
     let out = run.await.unwrap();
+    assert!(out.contains("processed: 1200/1200"), "{out}");
     assert!(
         out.contains("number of failed transactions: 0 (0.000%)"),
         "{out}"
