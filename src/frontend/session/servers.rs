@@ -10,6 +10,7 @@ use crate::backend::pool::Guard;
 use crate::backend::server::ServerConn;
 use crate::backend::twophase::TwoPhaseError;
 use crate::error::ClientError;
+use crate::protocol::messages;
 use crate::router::BackendId;
 use crate::stats::Stats;
 
@@ -30,13 +31,18 @@ impl Session {
         Ok(servers)
     }
 
-    /// Servers on `backends`, each in a transaction of its own.
+    /// Servers on `backends`, each in a transaction of its own, checked out and
+    /// begun in backend order. A pooled connection found dead at its BEGIN is
+    /// replaced, as for any transaction's first server (`checkout_begun`).
     pub(super) async fn begin_all(&mut self, backends: &[BackendId]) -> Result<Held, ClientError> {
-        let mut servers = self.checkout_all(backends).await?;
-        for (_, server) in servers.iter_mut() {
-            if server.execute("BEGIN").await.is_err() {
-                return Err(ClientError::ServerLost(server.pool().backend.to_string()));
-            }
+        let topology = self.topology();
+        let mut begin = BytesMut::new();
+        messages::query(&mut begin, "BEGIN");
+        let begin = begin.freeze();
+        let mut servers = Vec::with_capacity(backends.len());
+        for &backend in backends {
+            let server = self.checkout_begun(topology.pool(backend), &begin).await?;
+            servers.push((backend, server));
         }
         Ok(servers)
     }
