@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
+use pgshard::frontend::statements::Statement;
+use pgshard::protocol::messages;
 use pgshard::router::decide::{decide, Decision, Param};
 use pgshard::router::hash::Key;
 use pgshard::router::sql::{lexer, plan, PlanCache};
@@ -67,7 +69,48 @@ fn bench_route(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("decide", "bind"), |b| {
         b.iter(|| decide(black_box(&analyzed), black_box(&params), &map))
     });
+    // A Bind of a named statement as a session decides it (its parameters read,
+    // then the decision): with the analysis kept with the statement, and with its
+    // text lexed and looked up in the plan cache at every Bind instead.
+    let statement = Statement::new(SELECT_PARAM_SQL.as_bytes(), b"\0\0", vec![]);
+    let bind = bind_payload(b"S_1", b"48217");
+    group.bench_function(BenchmarkId::new("bind", "kept"), |b| {
+        b.iter(|| {
+            let params = bind_params(black_box(&bind));
+            statement.with_analysis(&map, &cache, |a| decide(a, &params, &map))
+        })
+    });
+    group.bench_function(BenchmarkId::new("bind", "reanalyzed"), |b| {
+        b.iter(|| {
+            let params = bind_params(black_box(&bind));
+            let analyzed = cache.analyze(black_box(SELECT_PARAM_SQL), &map).ok();
+            analyzed.map(|a| decide(&a, &params, &map))
+        })
+    });
     group.finish();
+}
+
+/// A Bind payload (after the header) of `statement` with one text parameter.
+fn bind_payload(statement: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend_from_slice(statement);
+    out.push(0);
+    out.extend_from_slice(&0i16.to_be_bytes());
+    out.extend_from_slice(&1i16.to_be_bytes());
+    out.extend_from_slice(&(value.len() as i32).to_be_bytes());
+    out.extend_from_slice(value);
+    out.extend_from_slice(&0i16.to_be_bytes());
+    out
+}
+
+/// A Bind's parameters, as the session reads them.
+fn bind_params(payload: &[u8]) -> Vec<Param<'_>> {
+    let (_, _, rest_at) = messages::bind_names(payload).expect("bind");
+    messages::bind_params(payload, rest_at)
+        .expect("parameters")
+        .into_iter()
+        .map(|(format, value)| Param { format, value })
+        .collect()
 }
 
 fn bench_hash(c: &mut Criterion) {

@@ -6,10 +6,13 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::params::ParamChange;
 use crate::protocol::messages::{self, put_cstr};
+use crate::router::sql::{Analyzed, PlanCache};
+use crate::router::ShardMap;
 
 /// A client's prepared statement.
 #[derive(Debug)]
@@ -24,6 +27,15 @@ pub struct Statement {
     pub changes: Vec<ParamChange>,
     /// It may run on a shared server connection (see `shareable`).
     pub shareable: bool,
+    /// Its analysis for routing, made at its first routed Bind (see `with_analysis`).
+    analysis: ArcSwapOption<Kept>,
+}
+
+/// A statement's analysis and the map tables it was made for (`ShardMap::tables_id`).
+#[derive(Debug)]
+struct Kept {
+    tables_id: u64,
+    analyzed: Analyzed,
 }
 
 impl Statement {
@@ -46,7 +58,31 @@ impl Statement {
             parse: parse.freeze(),
             shareable: changes.is_empty() && super::shareable::self_contained(query),
             changes,
+            analysis: ArcSwapOption::empty(),
         }
+    }
+
+    /// `f` of the statement's analysis for `map`. A prepared statement is analyzed
+    /// once (through `plans`) and the analysis kept for every Bind, until the map's
+    /// sharded tables change. `None` when its text cannot be lexed.
+    pub fn with_analysis<T>(
+        &self,
+        map: &ShardMap,
+        plans: &PlanCache,
+        f: impl FnOnce(&Analyzed) -> T,
+    ) -> Option<T> {
+        let kept = self.analysis.load();
+        if let Some(kept) = kept.as_deref().filter(|k| k.tables_id == map.tables_id) {
+            return Some(f(&kept.analyzed));
+        }
+        let (_, query, _) = messages::parse_message(self.parse.get(5..)?)?;
+        let analyzed = plans.analyze(std::str::from_utf8(query).ok()?, map).ok()?;
+        let out = f(&analyzed);
+        self.analysis.store(Some(Arc::new(Kept {
+            tables_id: map.tables_id,
+            analyzed,
+        })));
+        Some(out)
     }
 }
 
@@ -149,6 +185,55 @@ mod tests {
         assert_eq!(&a.global_name[..a.global_name.len() - 1], name);
         assert_eq!(query, b"select $1");
         assert_eq!(types, b"\0\x01\0\0\0\x17");
+    }
+
+    fn map(extra_tables: &str) -> ShardMap {
+        let backends: Vec<_> = (0..2)
+            .map(|i| (format!("b{i}"), format!("postgresql://u@h:{i}/d"), vec![]))
+            .collect();
+        ShardMap::parse(&(ShardMap::even_toml(&backends, 1000) + extra_tables)).unwrap()
+    }
+
+    #[test]
+    fn analysis_is_made_once_per_map_tables() {
+        let statement = Statement::new(
+            b"SELECT * FROM pgbench_accounts WHERE aid = $1",
+            b"\0\0",
+            vec![],
+        );
+        let plans = PlanCache::default();
+        let pgbench = map("");
+        let keyed = |a: &Analyzed| matches!(*a.plan, crate::router::sql::plan::Plan::Keyed { .. });
+        assert_eq!(statement.with_analysis(&pgbench, &plans, keyed), Some(true));
+        assert_eq!(plans.len(), 1);
+        // Kept: a plan cache of its own is not asked again.
+        let untouched = PlanCache::default();
+        assert_eq!(
+            statement.with_analysis(&pgbench, &untouched, keyed),
+            Some(true)
+        );
+        assert!(untouched.is_empty());
+        // Other sharded tables: analyzed again, and kept for those.
+        let more = map("\n[[tables]]\nname = \"users\"\nkey = \"id\"\ntype = \"int8\"\n");
+        assert_ne!(more.tables_id, pgbench.tables_id);
+        assert_eq!(
+            statement.with_analysis(&more, &untouched, keyed),
+            Some(true)
+        );
+        assert_eq!(untouched.len(), 1);
+        assert_eq!(
+            statement.with_analysis(&more, &PlanCache::default(), keyed),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn analysis_of_text_that_does_not_lex() {
+        let statement = Statement::new(b"SELECT 'unterminated", b"\0\0", vec![]);
+        assert_eq!(
+            statement.with_analysis(&map(""), &PlanCache::default(), |_| ()),
+            None
+        );
     }
 
     #[test]

@@ -265,15 +265,20 @@ impl Session {
     pub(super) fn analyze(&self, sql: &str, map: &ShardMap) -> Option<Analyzed> {
         let mut analyzed = self.app.plans.analyze(sql, map).ok()?;
         if analyzed.key_hint.is_none() {
-            analyzed.key_hint = self.params.get(SESSION_KEY).map(|v| {
-                let v = v.trim();
-                v.strip_prefix('\'')
-                    .and_then(|v| v.strip_suffix('\''))
-                    .unwrap_or(v)
-                    .replace("''", "'")
-            });
+            analyzed.key_hint = self.session_key();
         }
         Some(analyzed)
+    }
+
+    /// The session's `SET pgshard.key`, unquoted.
+    fn session_key(&self) -> Option<String> {
+        self.params.get(SESSION_KEY).map(|v| {
+            let v = v.trim();
+            v.strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .unwrap_or(v)
+                .replace("''", "'")
+        })
     }
 
     /// A Bind's decision (`payload` without the header). Its statement is the
@@ -291,6 +296,8 @@ impl Session {
     }
 
     /// `f` of a Bind's analyzed statement and its parameters (see `bind_decision`).
+    /// A named statement's analysis is kept with it; the unnamed one's is looked up
+    /// in the plan cache at each Bind (its Parse may come again with any text).
     pub(super) fn with_bound<T>(
         &self,
         payload: &[u8],
@@ -298,14 +305,26 @@ impl Session {
         map: &ShardMap,
         f: impl FnOnce(&Analyzed, &[Param]) -> T,
     ) -> Option<T> {
-        let (_, _, rest_at) = messages::bind_names(payload)?;
-        let sql = self.bound_sql(payload, unnamed)?;
-        let analyzed = self.analyze(sql, map)?;
+        let (_, name, rest_at) = messages::bind_names(payload)?;
         let params: Vec<Param> = messages::bind_params(payload, rest_at)?
             .into_iter()
             .map(|(format, value)| Param { format, value })
             .collect();
-        Some(f(&analyzed, &params))
+        if name.is_empty() {
+            let analyzed = self.analyze(self.bound_sql(payload, unnamed)?, map)?;
+            return Some(f(&analyzed, &params));
+        }
+        let statement = self.statements.get(name)?;
+        statement.with_analysis(map, &self.app.plans, |analyzed| {
+            match self.session_key().filter(|_| analyzed.key_hint.is_none()) {
+                Some(key) => {
+                    let mut analyzed = analyzed.clone();
+                    analyzed.key_hint = Some(key);
+                    f(&analyzed, &params)
+                }
+                None => f(analyzed, &params),
+            }
+        })
     }
 
     /// Where the transaction that `frame` starts runs.
