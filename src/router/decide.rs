@@ -98,6 +98,14 @@ fn decide_plan(plan: &Plan, values: &Values, map: &ShardMap) -> Decision {
             merge,
         } => {
             let key_type = key_type(map, table);
+            if let [source] = keys.as_slice() {
+                // One key, the usual case: decided without a list of backends.
+                return match values.key(source, key_type) {
+                    Ok(None) => Decision::Any,
+                    Ok(Some(key)) => Decision::One(owner(map, &key)),
+                    Err(e) => Decision::Error(format!("table \"{table}\": {e}")),
+                };
+            }
             let mut backends = Vec::with_capacity(keys.len());
             for source in keys {
                 match values.key(source, key_type) {
