@@ -11,12 +11,9 @@
 # stopped at exit. See benches/README.md.
 #
 # With SHARDS=N (default 0: none; issue 3 uses 4) a fifth target, `sharded`, is a second
-# `pgshard demo --backends N`. Its backends are each loaded with `pgbench -i`
-# directly (every backend holds every row; the proxy sends each key to the backend
-# its vshard maps to, which is what is measured). pgbench's built-in -S would count
-# pgbench_branches through the proxy, summed over backends that each hold them all,
-# and so pick keys beyond the data; this target runs the same SELECT from a script
-# file (-f) over the loaded keys instead.
+# `pgshard demo --backends N`, loaded with `pgbench -i` through the proxy: each backend
+# holds the rows of its vshards only, as in a sharded deployment, and the same
+# pgbench modes run against it as against the other targets.
 #
 # Environment (defaults in brackets):
 #   DURATION [10]  seconds per pgbench run      ROUNDS [3]   rounds per mode
@@ -180,13 +177,13 @@ start_demo() {
     log "backend PostgreSQL on 127.0.0.1:$BACKEND_PORT and $BACKEND_SOCKET_DIR"
 }
 
-# A demo with SHARDS backends, each loaded with the pgbench tables directly.
+# A demo with SHARDS backends, loaded through the proxy (rows split by key).
 start_sharded() {
     log "starting pgshard demo --backends $SHARDS on 127.0.0.1:$SHARD_PORT"
     NO_COLOR=1 "$PGSHARD" demo --backends "$SHARDS" --port "$SHARD_PORT" --http-port 0 \
         --pool-size "$POOL_SIZE" --dir "$WORK/sharded" >"$WORK/sharded.log" 2>&1 &
     SHARD_PID=$!
-    local i port
+    local i
     for ((i = 0; i < READY_WAIT; i++)); do
         grep -qF "$READY_LINE" "$WORK/sharded.log" && break
         kill -0 "$SHARD_PID" 2>/dev/null || break
@@ -196,14 +193,8 @@ start_sharded() {
         cat "$WORK/sharded.log" >&2
         die "sharded pgshard demo did not start"
     }
-    for port in $(sed -n 's|^primary = "postgresql://[^@]*@127\.0\.0\.1:\([0-9]*\)/.*|\1|p' \
-        "$WORK/sharded/shardmap.toml"); do
-        "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$port" -U "$DB_USER" "$DB_NAME" \
-            >>"$WORK/init.log" 2>&1 || { cat "$WORK/init.log" >&2; die "pgbench -i on $port failed"; }
-    done
-    # pgbench's -S, as a script.
-    printf '\\set aid random(1, %d)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n' \
-        $((100000 * SCALE)) >"$WORK/select.sql"
+    "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$SHARD_PORT" -U "$DB_USER" "$DB_NAME" \
+        >>"$WORK/init.log" 2>&1 || { cat "$WORK/init.log" >&2; die "pgbench -i through the sharded proxy failed"; }
 }
 
 # The same proxy over the same cluster, with no shared connections (PgBouncer's model).
@@ -280,15 +271,6 @@ run_pgbench() {
     local mode=$1 target=$2 round=$3 out rc=0 tps failed
     local -a args
     read -r -a args <<<"$mode"
-    if [[ $target == sharded ]]; then
-        # -S -> the same SELECT from a script (see the top of this file).
-        local -a scripted=()
-        local a
-        for a in "${args[@]}"; do
-            if [[ $a == -S ]]; then scripted+=(-f "$WORK/select.sql"); else scripted+=("$a"); fi
-        done
-        args=("${scripted[@]}")
-    fi
     out=$WORK/runs/$(tr -c 'a-zA-Z0-9\n' _ <<<"$mode")-$target-$round.log
     timeout $((DURATION + RUN_GRACE_S)) "$PGBENCH" -h 127.0.0.1 -p "$(port_of "$target")" \
         -U "$DB_USER" -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -n "${args[@]}" "$DB_NAME" \
