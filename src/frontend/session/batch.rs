@@ -80,7 +80,7 @@ impl Session {
         bind: &Bytes,
     ) -> Result<(), String> {
         let every = |s: &Session| (0..s.topology().pools.len()).collect::<Vec<_>>();
-        let read = super::route::read_on(decision, &self.topology().map);
+        let read = super::several::read_on(decision, &self.topology().map);
         let (backends, request, merged): (Vec<BackendId>, _, _) = match decision {
             _ if read.is_some() => {
                 let Some((backends, merge)) = read else {
@@ -101,7 +101,7 @@ impl Session {
                 self.batch_taken();
                 return Ok(());
             }
-            other => return Err(super::route::needs_several(other)),
+            other => return Err(super::several::needs_several(other)),
         };
         let parts = backends.into_iter().map(|b| (b, request.clone())).collect();
         self.spread(parts, merged).await;

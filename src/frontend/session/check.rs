@@ -4,7 +4,7 @@
 //! savepoint, a SET, COMMIT mixed with other statements) keeps a transaction from
 //! spanning backends.
 
-use super::route::{needs_several, spreads, spreads_batch};
+use super::several::{needs_several, spreads, spreads_batch};
 use super::Session;
 use crate::frontend::params::ParamChange;
 use crate::protocol::messages;

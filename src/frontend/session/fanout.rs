@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::route::read_on;
 use super::servers::{error_reply, release, rollback_all};
+use super::several::read_on;
 use super::Session;
 use crate::backend::pool::Guard;
 use crate::backend::server::ServerConn;
@@ -131,7 +131,7 @@ impl Session {
                 let parts = backends.into_iter().map(|b| (b, request(query.clone())));
                 (parts.collect(), Merged::Rows)
             }
-            Decision::Split(split) => match super::route::split_query(query, &split) {
+            Decision::Split(split) => match super::several::split_query(query, &split) {
                 Some(parts) => {
                     let parts = parts.into_iter().map(|(b, q)| (b, request(q)));
                     (parts.collect(), Merged::Rows)

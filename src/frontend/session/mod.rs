@@ -2,9 +2,11 @@
 //! connection at the start of a transaction (transaction pooling) and returns it at
 //! ReadyForQuery 'I', and forwards replies as whole frames without decoding rows.
 
+mod attach;
 mod batch;
 mod check;
 mod copy;
+mod deferred;
 mod extended;
 mod fanout;
 mod follow;
@@ -13,6 +15,7 @@ mod raise;
 mod replies;
 mod route;
 mod servers;
+mod several;
 mod shared;
 mod span;
 mod split;
@@ -29,10 +32,8 @@ use super::params::{self, ClientParams, ParamChange};
 use super::pipeline::{Expect, Pipeline, Req};
 use super::statements::Statements;
 use crate::app::App;
-use crate::backend::pool::{Guard, Pool, PoolError};
-use crate::backend::server::ServerError;
+use crate::backend::pool::Guard;
 use crate::backend::Topology;
-use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::limits;
 use crate::moves::gate::Permit;
@@ -353,111 +354,6 @@ impl Session {
         } else {
             self.synthetic_error(e);
         }
-    }
-
-    /// A server connection from `pool` for this client: not idle (an early drop
-    /// discards it rather than pool one left mid-transaction), carrying the
-    /// client's settings.
-    async fn checkout(&mut self, pool: &std::sync::Arc<Pool>) -> Result<Guard, ClientError> {
-        let mut server = pool.checkout().await.map_err(|e| match e {
-            PoolError::Timeout(_) => ClientError::PoolTimeout(pool.backend.to_string()),
-            PoolError::Server(_) => ClientError::ServerUnavailable(pool.backend.to_string()),
-        })?;
-        server.idle = false;
-        if server.params_fingerprint != self.params.fingerprint() {
-            self.restore_params(&mut server).await?;
-        }
-        Ok(server)
-    }
-
-    async fn attach(&mut self, id: BackendId) -> Result<(), ClientError> {
-        let topology = self.topology();
-        let pool = topology.pool(id).clone();
-        self.touched = false;
-        let server = match self.deferred_begin.take() {
-            // The BEGIN the client was already told about.
-            Some(begin) => {
-                self.begin = Some(begin.clone());
-                self.checkout_begun(&pool, &begin).await?
-            }
-            None => {
-                self.begin = None;
-                self.pipeline.tx_status = b'I';
-                self.checkout(&pool).await?
-            }
-        };
-        self.unnamed_here = false;
-        self.info.attach(&pool.backend, &server.cancel);
-        self.server = Some(server);
-        self.backend = Some(id);
-        Ok(())
-    }
-
-    /// A server from `pool` that has run `begin`. A pooled connection may have died
-    /// while idle (terminated by an admin, a restart) without the pool seeing it
-    /// yet: nothing of the transaction ran there, so another is tried.
-    async fn checkout_begun(
-        &mut self,
-        pool: &std::sync::Arc<Pool>,
-        begin: &Bytes,
-    ) -> Result<Guard, ClientError> {
-        for _ in 0..limits::BEGIN_ATTEMPTS {
-            let mut server = self.checkout(pool).await?;
-            match server.exchange(begin).await {
-                Ok(frames) if frames.iter().any(|f| f.first() == Some(&b'E')) => {
-                    server.broken = true;
-                    break;
-                }
-                Ok(_) => return Ok(server),
-                // The connection failed: `exchange` marked it broken.
-                Err(_) => {}
-            }
-        }
-        Err(ClientError::ServerLost(pool.backend.to_string()))
-    }
-
-    /// Gives the server this client's session parameters (one round trip, only when
-    /// the server carries other settings). If the server refuses them, the server is
-    /// discarded (the failed statement rolled back its RESET ALL too) and the client
-    /// is told, and its settings go back to the defaults so it is not stuck.
-    async fn restore_params(&mut self, server: &mut Guard) -> Result<(), ClientError> {
-        let sql = self.params.sync_sql();
-        let result = tokio::time::timeout(limits::SERVER_CONNECT_TIMEOUT, server.execute(&sql));
-        let reason = match result.await {
-            Ok(Ok(())) => {
-                server.params_fingerprint = self.params.fingerprint();
-                return Ok(());
-            }
-            Ok(Err(ServerError::Server(fields))) => fields.message,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "timed out".into(),
-        };
-        server.broken = true;
-        self.params = ClientParams::default();
-        Err(ClientError::SessionRestore(reason))
-    }
-
-    fn maybe_release(&mut self) {
-        if self.app.config.pool_mode == PoolMode::Session {
-            return;
-        }
-        let Some(server) = &self.server else { return };
-        if self.pipeline.is_idle() && server.rbuf.is_empty() && self.swbuf.is_empty() {
-            self.release();
-        }
-    }
-
-    fn release(&mut self) {
-        self.backend = None;
-        if let Some(mut server) = self.server.take() {
-            server.idle = true;
-            server
-                .pool()
-                .stats
-                .transactions
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        self.info.detach();
     }
 
     fn on_client_message(&mut self, tag: u8, frame: &Bytes) -> Result<(), ClientError> {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::raise::raise_query;
+use super::several::{needs_several, read_on, split_query, spreads, spreads_batch};
 use super::Session;
 use crate::error::ClientError;
 use crate::frontend::pipeline::Expect;
@@ -398,118 +399,6 @@ impl Session {
         let (_, query, _) = messages::parse_message(parse.get(5..)?)?;
         std::str::from_utf8(query).ok()
     }
-
-    /// Answers a BEGIN whose backend is not known yet.
-    pub(super) fn defer_begin(&mut self, frame: Bytes) {
-        self.deferred_begin = Some(frame);
-        self.pipeline.tx_status = b'T';
-        let mut reply = BytesMut::new();
-        messages::command_complete(&mut reply, "BEGIN");
-        messages::ready_for_query(&mut reply, b'T');
-        self.pipeline.push(Expect::Synthetic(reply.freeze()));
-    }
-
-    /// COMMIT or ROLLBACK of a deferred transaction in which nothing ran: answered
-    /// here. `false` when `sql` is something else.
-    pub(super) fn end_deferred(&mut self, sql: &[u8]) -> bool {
-        let words: Vec<String> = String::from_utf8_lossy(sql)
-            .trim_end_matches(['\0', ';', ' ', '\n'])
-            .split_whitespace()
-            .take(3)
-            .map(str::to_ascii_lowercase)
-            .collect();
-        let ends = match words.first().map(String::as_str) {
-            Some("commit" | "end") => words.len() <= 2,
-            Some("rollback" | "abort") => words.len() <= 2,
-            _ => false,
-        };
-        if !ends {
-            return false;
-        }
-        // A failed transaction's COMMIT rolls back, as in PostgreSQL.
-        let committed =
-            matches!(words[0].as_str(), "commit" | "end") && self.pipeline.tx_status != b'E';
-        self.deferred_begin = None;
-        self.pipeline.tx_status = b'I';
-        let mut reply = BytesMut::new();
-        messages::command_complete(&mut reply, if committed { "COMMIT" } else { "ROLLBACK" });
-        messages::ready_for_query(&mut reply, b'I');
-        self.pipeline.push(Expect::Synthetic(reply.freeze()));
-        true
-    }
-
-    /// Refuses the first statement of a deferred transaction: the transaction fails,
-    /// as it would in PostgreSQL.
-    pub(super) fn refuse_deferred(&mut self, tag: u8, e: ClientError) {
-        if tag == b'Q' {
-            crate::stats::Stats::client_error(e.kind());
-            self.pipeline.tx_status = b'E';
-            let mut reply = BytesMut::new();
-            e.write(&mut reply);
-            messages::ready_for_query(&mut reply, b'E');
-            self.pipeline
-                .push(crate::frontend::pipeline::Expect::Synthetic(reply.freeze()));
-        } else {
-            self.pipeline.tx_status = b'E';
-            self.synthetic_error(e);
-        }
-    }
-}
-
-/// A read on several backends that can be merged: the backends (every one, or
-/// those of its keys) and how.
-pub(super) fn read_on(decision: &Decision, map: &ShardMap) -> Option<(Vec<BackendId>, Merge)> {
-    match decision {
-        Decision::Scatter(merge @ (Merge::Concat | Merge::Combine(_))) => {
-            Some(((0..map.backends.len()).collect(), merge.clone()))
-        }
-        Decision::Gather {
-            backends,
-            merge: merge @ (Merge::Concat | Merge::Combine(_)),
-        } => Some((backends.clone(), merge.clone())),
-        _ => None,
-    }
-}
-
-/// Decisions that run on several backends inside a transaction as an extended
-/// batch (`batch.rs`).
-pub(super) fn spreads_batch(decision: &Decision) -> bool {
-    matches!(
-        decision,
-        Decision::All
-            | Decision::Many { .. }
-            | Decision::Split(_)
-            | Decision::Scatter(Merge::Concat | Merge::Combine(_))
-            | Decision::Gather {
-                merge: Merge::Concat | Merge::Combine(_),
-                ..
-            }
-    )
-}
-
-/// Decisions that run on several backends inside a transaction (as simple Queries):
-/// those of a batch, and COPY.
-pub(super) fn spreads(decision: &Decision) -> bool {
-    spreads_batch(decision) || matches!(decision, Decision::CopyIn(_) | Decision::CopyOut { .. })
-}
-
-/// A Query frame's INSERT split into one Query frame per backend.
-pub(super) fn split_query(
-    frame: &[u8],
-    split: &[(BackendId, Vec<usize>)],
-) -> Option<Vec<(BackendId, Bytes)>> {
-    let sql = std::str::from_utf8(frame.get(5..)?.strip_suffix(b"\0")?).ok()?;
-    let parts = crate::router::split::split_insert(sql, split)?;
-    Some(
-        parts
-            .into_iter()
-            .map(|(backend, sql)| {
-                let mut out = BytesMut::new();
-                messages::query(&mut out, &sql);
-                (backend, out.freeze())
-            })
-            .collect(),
-    )
 }
 
 /// For statements on sharded tables that are not routed by one key: what happens to
@@ -525,31 +414,4 @@ fn unrouted_kind(decision: &Decision) -> Option<&'static str> {
         Decision::Error(_) => Some("refused"),
         _ => None,
     }
-}
-
-/// Why a decision that needs several backends cannot run (yet).
-pub(super) fn needs_several(decision: &Decision) -> String {
-    let what = match decision {
-        Decision::Scatter(Merge::No(why))
-        | Decision::Gather {
-            merge: Merge::No(why),
-            ..
-        } => return format!("pgshard cannot run this statement yet: {why}"),
-        Decision::Scatter(_) => {
-            "it reads a sharded table without its key (gathered only for a simple Query \
-             outside a transaction)"
-        }
-        Decision::Split(_) => {
-            "its rows belong on several backends (split only for a simple Query with the \
-             values written out, outside a transaction)"
-        }
-        Decision::CopyIn(_) | Decision::CopyOut { .. } => {
-            "COPY with a sharded table runs only as a simple Query"
-        }
-        Decision::All | Decision::Maintenance => {
-            "it runs on every backend, which pgshard does only outside a transaction"
-        }
-        _ => "it needs several backends",
-    };
-    format!("pgshard cannot run this statement yet: {what}")
 }

@@ -6,7 +6,8 @@ use sqlparser::ast::{
 };
 
 use super::lexer::LITERAL_BASE;
-use super::plan::{ident_is, ident_name, table_name, Source};
+use super::plan::Source;
+use super::tables::{ident_is, ident_name, table_name};
 
 /// The key values `selection` pins `table.key` to: `key = v`, `v = key` or
 /// `key IN (v, ...)`, possibly inside ANDs. `None`: not pinned.

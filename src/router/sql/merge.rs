@@ -9,7 +9,8 @@ use sqlparser::ast::{
 };
 
 use super::keys::source;
-use super::plan::{ident_name, Source};
+use super::plan::Source;
+use super::tables::ident_name;
 
 /// How the replies of a scatter read combine into the one answer PostgreSQL would
 /// give.

@@ -3,12 +3,9 @@
 //! made from the normalized text (`lexer.rs`), so one plan serves every statement
 //! that differs only in its literal values.
 
-use std::collections::BTreeSet;
-use std::ops::ControlFlow;
-
 use sqlparser::ast::{
-    visit_relations, CopySource, Expr, FromTable, Ident, ObjectName, ObjectNamePart, Query,
-    SetExpr, Statement, TableObject, TableWithJoins,
+    CopySource, Expr, FromTable, ObjectNamePart, Query, SetExpr, Statement, TableObject,
+    TableWithJoins,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -16,6 +13,8 @@ use sqlparser::parser::Parser;
 use super::keys::{key_sources, source};
 use super::merge::merge_of;
 pub use super::merge::Merge;
+use super::tables::{ident_is, is_catalog, table_name, Tables};
+use super::words::{copy_booleans, outside_transactions, unparsed};
 use crate::router::copy::CopyFormat;
 use crate::router::shardmap::ShardMap;
 
@@ -217,69 +216,6 @@ fn is_session(s: &Statement) -> bool {
     )
 }
 
-/// The sharded and reference tables a statement names.
-struct Tables<'m> {
-    map: &'m ShardMap,
-    sharded: BTreeSet<String>,
-    /// How many times sharded tables are named (a self-join names one twice).
-    sharded_refs: usize,
-    reference: bool,
-    /// A user table the map does not list (it lives on the default backend).
-    unmapped: bool,
-}
-
-impl<'m> Tables<'m> {
-    fn of(statement: &Statement, map: &'m ShardMap) -> Tables<'m> {
-        let mut tables = Tables {
-            map,
-            sharded: BTreeSet::new(),
-            sharded_refs: 0,
-            reference: false,
-            unmapped: false,
-        };
-        let _ = visit_relations(statement, |object| {
-            let name = table_name(object);
-            if map.tables.contains_key(&name) {
-                tables.sharded.insert(name);
-                tables.sharded_refs += 1;
-            } else if map.reference_tables.contains(&name) {
-                tables.reference = true;
-            } else if !is_catalog(object, &name) {
-                tables.unmapped = true;
-            }
-            ControlFlow::<()>::Continue(())
-        });
-        tables
-    }
-
-    /// Where a statement touching no sharded table goes.
-    fn unsharded(&self) -> Plan {
-        if self.unmapped {
-            Plan::Default
-        } else {
-            Plan::Any
-        }
-    }
-
-    /// The one sharded table, or why there is not exactly one.
-    fn single(&self) -> Result<Option<&str>, Plan> {
-        let mut it = self.sharded.iter();
-        match (it.next(), it.next()) {
-            (None, _) => Ok(None),
-            (Some(t), None) if self.sharded_refs > 1 => Err(Plan::Unsupported(format!(
-                "a statement that names sharded table \"{t}\" more than once (a self-join or \
-                 a subquery on it) is not supported: its rows would have to meet across \
-                 backends"
-            ))),
-            (Some(t), None) => Ok(Some(t)),
-            (Some(a), Some(b)) => Err(Plan::Unsupported(format!(
-                "a statement on more than one sharded table (\"{a}\", \"{b}\") is not \
-                 supported yet"
-            ))),
-        }
-    }
-}
-
 fn plan_query(query: &Query, tables: &Tables) -> Plan {
     let table = match tables.single() {
         Ok(Some(t)) => t.to_owned(),
@@ -477,125 +413,4 @@ fn has_dml(query: &Query) -> bool {
                 .iter()
                 .any(|cte| body_writes(&cte.query.body) || has_dml(&cte.query))
         })
-}
-
-/// A table's name as the map knows it: the last part, lowercased unless quoted.
-pub(super) fn table_name(name: &ObjectName) -> String {
-    name.0
-        .last()
-        .and_then(ObjectNamePart::as_ident)
-        .map(ident_name)
-        .unwrap_or_default()
-}
-
-/// PostgreSQL's own tables and views (they are alike on every backend).
-fn is_catalog(object: &ObjectName, name: &str) -> bool {
-    let schema = object
-        .0
-        .iter()
-        .rev()
-        .nth(1)
-        .and_then(ObjectNamePart::as_ident)
-        .map(ident_name);
-    match schema.as_deref() {
-        Some("pg_catalog" | "information_schema") => true,
-        Some(_) => false,
-        None => name.starts_with("pg_"),
-    }
-}
-
-pub(super) fn ident_name(ident: &Ident) -> String {
-    match ident.quote_style {
-        Some(_) => ident.value.clone(),
-        None => ident.value.to_ascii_lowercase(),
-    }
-}
-
-pub(super) fn ident_is(ident: &Ident, name: &str) -> bool {
-    ident_name(ident) == name
-}
-
-/// Statements PostgreSQL refuses inside a transaction block, by their first words.
-fn outside_transactions(sql: &str) -> bool {
-    let words: Vec<String> = sql
-        .split_whitespace()
-        .take(4)
-        .map(str::to_ascii_lowercase)
-        .collect();
-    let w = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
-    match w(0) {
-        "vacuum" => true,
-        "create" | "drop" => {
-            matches!(w(1), "database" | "tablespace")
-                || (w(1) == "index" && w(2) == "concurrently")
-                || (w(1) == "unique" && w(2) == "index" && w(3) == "concurrently")
-        }
-        "reindex" => {
-            matches!(w(1), "database" | "system") || words.iter().any(|x| x == "concurrently")
-        }
-        "alter" => w(1) == "system",
-        "cluster" => words.len() == 1,
-        _ => false,
-    }
-}
-
-/// A COPY whose option list says ON/OFF, with TRUE/FALSE instead (`None`: not
-/// such a COPY).
-fn copy_booleans(sql: &str) -> Option<String> {
-    let lower = sql.to_ascii_lowercase();
-    if !lower.trim_start().starts_with("copy") {
-        return None;
-    }
-    let at = lower.rfind("with")?;
-    let mut out = sql[..at].to_string();
-    for (i, word) in sql[at..]
-        .split_inclusive(|c: char| !c.is_ascii_alphanumeric())
-        .enumerate()
-    {
-        let (token, rest) = word.split_at(
-            word.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
-                .len(),
-        );
-        match token.to_ascii_lowercase().as_str() {
-            "on" if i > 0 => out.push_str("true"),
-            "off" if i > 0 => out.push_str("false"),
-            _ => out.push_str(token),
-        }
-        out.push_str(rest);
-    }
-    Some(out)
-}
-
-/// A statement the parser does not understand.
-fn unparsed(sql: &str, map: &ShardMap) -> Plan {
-    let words: Vec<String> = sql
-        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .filter(|w| !w.is_empty())
-        .map(str::to_ascii_lowercase)
-        .collect();
-    let first = words.first().map(String::as_str).unwrap_or("");
-    if matches!(
-        first,
-        "vacuum" | "analyze" | "analyse" | "cluster" | "reindex" | "checkpoint"
-    ) {
-        return Plan::All;
-    }
-    // PREPARE TRANSACTION, COMMIT PREPARED ...: transaction control for one backend.
-    let second = words.get(1).map(String::as_str).unwrap_or("");
-    if matches!(
-        (first, second),
-        ("prepare", "transaction") | ("commit" | "rollback", "prepared")
-    ) {
-        return Plan::Savepoint;
-    }
-    if let Some(table) = words
-        .iter()
-        .find(|w| map.tables.contains_key(*w) || map.reference_tables.contains(*w))
-    {
-        return Plan::Unsupported(format!(
-            "pgshard cannot parse this statement, and it names sharded or reference table \
-             \"{table}\""
-        ));
-    }
-    Plan::Default
 }
