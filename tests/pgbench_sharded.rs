@@ -141,14 +141,15 @@ async fn cut_participants(backend: &tokio_postgres::Client, gids: &[String]) -> 
     if gids.is_empty() {
         return 0;
     }
+    // Each participant prepares under the gid and its own suffix.
     let prepares: Vec<String> = gids
         .iter()
-        .map(|gid| format!("PREPARE TRANSACTION '{gid}'"))
+        .map(|gid| format!("PREPARE TRANSACTION '{gid}\\_%'"))
         .collect();
     one_row(
         backend,
         "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE state = 'idle' AND query = ANY($1)",
+         WHERE state = 'idle' AND query LIKE ANY($1)",
         &prepares,
     )
     .await

@@ -58,7 +58,9 @@ async fn count(backend: usize, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap().get(0)
 }
 
+/// Whether `backend` (participant `backend` of the transaction) has `gid` prepared.
 async fn prepared(backend: usize, gid: &str) -> i64 {
+    let gid = Coordinator::participant_gid(gid, backend);
     let sql = format!("SELECT count(*) FROM pg_prepared_xacts WHERE gid = '{gid}'");
     count(backend, &sql).await
 }
@@ -203,4 +205,102 @@ async fn a_starting_proxy_resolves_decided_transactions() {
     for backend in 0..2 {
         assert_eq!(count(backend, "SELECT count(*) FROM tp_start").await, 1);
     }
+}
+
+/// Two backends that are databases of one cluster: prepared transaction ids are
+/// unique per cluster, so each participant prepares under its own.
+#[tokio::test]
+async fn backends_sharing_a_cluster_commit_together() {
+    let _turn = SERIAL.lock().await;
+    let first = common::backend_client(cluster(), 0).await;
+    let exists: bool = first
+        .query_one(
+            "SELECT count(*) > 0 FROM pg_database WHERE datname = 'tp_second'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    if !exists {
+        first
+            .batch_execute("CREATE DATABASE tp_second")
+            .await
+            .unwrap();
+    }
+    // The demo's map with backend b1 moved into database tp_second of b0's cluster.
+    let map = map();
+    let dsn = &map.backends[0].primary;
+    let text = std::fs::read_to_string(cluster().dir.join("shardmap.toml")).unwrap();
+    let mut doc: toml::Value = toml::from_str(&text).unwrap();
+    let backends = doc["backends"].as_array_mut().unwrap();
+    let first_dsn = backends[0]["primary"].as_str().unwrap().to_string();
+    assert!(first_dsn.contains("/postgres?"), "{first_dsn}");
+    backends[1]["primary"] = first_dsn.replace("/postgres?", "/tp_second?").into();
+    let tables = doc["tables"].as_array_mut().unwrap();
+    let table: toml::Value =
+        toml::from_str("name = \"tp_same\"\nkey = \"id\"\ntype = \"int4\"").unwrap();
+    tables.push(table);
+    let proxy = common::start_proxy_with_map(
+        "twophase-one-cluster",
+        &toml::to_string(&doc).unwrap(),
+        "[[users]]\nname = \"app\"\nauth = \"trust\"\n",
+    );
+    let client = common::connect(proxy.addr, "app", "", common::DATABASE)
+        .await
+        .unwrap();
+    // DDL on every backend, a split INSERT and a transaction on both: all three
+    // commit with two-phase commit on the one cluster.
+    client
+        .batch_execute("DROP TABLE IF EXISTS tp_same; CREATE TABLE tp_same (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let values: Vec<String> = (1..=10).map(|i| format!("({i})")).collect();
+    client
+        .batch_execute(&format!(
+            "INSERT INTO tp_same (id) VALUES {}",
+            values.join(", ")
+        ))
+        .await
+        .unwrap();
+    client.batch_execute("BEGIN").await.unwrap();
+    for id in 11..=20 {
+        client
+            .execute("INSERT INTO tp_same (id) VALUES ($1)", &[&id])
+            .await
+            .unwrap();
+    }
+    client.batch_execute("COMMIT").await.unwrap();
+    let through: i64 = client
+        .query_one("SELECT count(*) FROM tp_same", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(through, 20);
+    let mut dsn = dsn.clone();
+    dsn.database = "tp_second".into();
+    let mut second = ServerConn::connect(&dsn).await.unwrap();
+    let on_second: i64 = second
+        .query_column("SELECT count(*) FROM tp_same")
+        .await
+        .unwrap()[0]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let on_first: i64 = first
+        .query_one("SELECT count(*) FROM tp_same", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(on_first + on_second, 20);
+    assert!(on_first > 0 && on_second > 0, "{on_first} + {on_second}");
+    let leftover: i64 = first
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'pgshard_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leftover, 0);
 }

@@ -1,8 +1,10 @@
 //! Two-phase commit across backends, with the decision logged in PostgreSQL.
 //!
 //! A transaction that wrote on several backends commits in three steps:
-//! 1. `prepare`: `PREPARE TRANSACTION gid` on every participant (any failure rolls
-//!    everything back);
+//! 1. `prepare`: `PREPARE TRANSACTION` on every participant (any failure rolls
+//!    everything back), each under the gid plus its place among the participants
+//!    (`participant_gid`): prepared transaction ids are unique per cluster, and two
+//!    backends may be databases of one cluster;
 //! 2. `decide`: the gid is inserted into the log table on the log backend (the map's
 //!    default backend), an autocommit insert, durable once it returns: from here on
 //!    the transaction is committed;
@@ -72,6 +74,26 @@ impl Coordinator {
         format!("{GID_PREFIX}{:032x}", rand::random::<u128>())
     }
 
+    /// The id participant `i` prepares `gid` under.
+    pub fn participant_gid(gid: &str, i: usize) -> String {
+        format!("{gid}_{i}")
+    }
+
+    /// The global transaction id (the one in the log) of a prepared transaction's id:
+    /// `participant_gid` undone. An id without a participant suffix is its own.
+    pub fn decision_gid(prepared: &str) -> &str {
+        match prepared.rsplit_once('_') {
+            Some((gid, i))
+                if gid.len() == GID_PREFIX.len() + 32
+                    && !i.is_empty()
+                    && i.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                gid
+            }
+            _ => prepared,
+        }
+    }
+
     /// Commits the transactions open on `participants` (each inside BEGIN, its
     /// work done) as one. On error nothing is committed unless the decision was
     /// logged, in which case the commit completes (now or by recovery). `log`:
@@ -120,8 +142,11 @@ impl Coordinator {
         gid: &str,
         participants: &mut [&mut ServerConn],
     ) -> Result<(), TwoPhaseError> {
-        let sql = format!("PREPARE TRANSACTION '{gid}'");
         for i in 0..participants.len() {
+            let sql = format!(
+                "PREPARE TRANSACTION '{}'",
+                Coordinator::participant_gid(gid, i)
+            );
             // In a failed transaction PREPARE rolls back and says so only in its tag.
             let prepared = match participants[i].simple(&sql).await {
                 Ok(reply) if reply.tag == "PREPARE TRANSACTION" => Ok(()),
@@ -133,9 +158,7 @@ impl Coordinator {
             };
             if let Err(source) = prepared {
                 // A failed PREPARE has already rolled that participant back.
-                for p in participants[..i].iter_mut() {
-                    let _ = p.execute(&format!("ROLLBACK PREPARED '{gid}'")).await;
-                }
+                rollback_prepared(gid, &mut participants[..i]).await;
                 for p in participants[i + 1..].iter_mut() {
                     let _ = p.execute("ROLLBACK").await;
                 }
@@ -168,9 +191,9 @@ impl Coordinator {
         participants: &mut [&mut ServerConn],
         log: Option<usize>,
     ) -> Result<(), TwoPhaseError> {
-        let sql = format!("COMMIT PREPARED '{gid}'");
         let mut failure = None;
         for (i, p) in participants.iter_mut().enumerate() {
+            let sql = format!("COMMIT PREPARED '{}'", Coordinator::participant_gid(gid, i));
             if let Err(source) = p.execute(&sql).await {
                 failure.get_or_insert(TwoPhaseError::Unfinished { backend: i, source });
             }
@@ -219,25 +242,26 @@ impl Coordinator {
             );
             let rows = conn.query_column(&sql).await.map_err(participant)?;
             for row in rows.into_iter().flatten() {
-                let Some((gid, old)) = row.split_once(' ') else {
+                let Some((prepared, old)) = row.split_once(' ') else {
                     continue;
                 };
+                let gid = Coordinator::decision_gid(prepared);
                 if self.is_inflight(gid) {
                     still_prepared.insert(gid.to_owned());
                     continue;
                 }
                 if committed.contains(gid) {
-                    conn.execute(&format!("COMMIT PREPARED '{gid}'"))
+                    conn.execute(&format!("COMMIT PREPARED '{prepared}'"))
                         .await
                         .map_err(participant)?;
                     done.committed += 1;
-                    tracing::info!(backend = %pool.backend, %gid, "recovery committed a prepared transaction");
+                    tracing::info!(backend = %pool.backend, gid = %prepared, "recovery committed a prepared transaction");
                 } else if old == "true" {
-                    conn.execute(&format!("ROLLBACK PREPARED '{gid}'"))
+                    conn.execute(&format!("ROLLBACK PREPARED '{prepared}'"))
                         .await
                         .map_err(participant)?;
                     done.rolled_back += 1;
-                    tracing::info!(backend = %pool.backend, %gid, "recovery rolled back an undecided prepared transaction");
+                    tracing::info!(backend = %pool.backend, gid = %prepared, "recovery rolled back an undecided prepared transaction");
                 } else {
                     still_prepared.insert(gid.to_owned());
                 }
@@ -273,8 +297,9 @@ impl Coordinator {
 }
 
 async fn rollback_prepared(gid: &str, participants: &mut [&mut ServerConn]) {
-    for p in participants.iter_mut() {
-        let _ = p.execute(&format!("ROLLBACK PREPARED '{gid}'")).await;
+    for (i, p) in participants.iter_mut().enumerate() {
+        let prepared = Coordinator::participant_gid(gid, i);
+        let _ = p.execute(&format!("ROLLBACK PREPARED '{prepared}'")).await;
     }
 }
 
@@ -301,5 +326,32 @@ async fn ensure_log(conn: &mut ServerConn) -> Result<(), ServerError> {
             Ok(())
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Coordinator;
+
+    #[test]
+    fn participant_gids_come_back_to_their_decision() {
+        let gid = Coordinator::new_gid();
+        let first = Coordinator::participant_gid(&gid, 0);
+        let tenth = Coordinator::participant_gid(&gid, 10);
+        assert_ne!(first, tenth);
+        assert_eq!(Coordinator::decision_gid(&first), gid);
+        assert_eq!(Coordinator::decision_gid(&tenth), gid);
+        // A gid made before participants had suffixes is its own decision.
+        assert_eq!(Coordinator::decision_gid(&gid), gid);
+        // Not pgshard's shape: unchanged.
+        for other in [
+            "pgshard_1_2",
+            "pgshard_",
+            "x_1",
+            &format!("{gid}_"),
+            &format!("{gid}_a"),
+        ] {
+            assert_eq!(Coordinator::decision_gid(other), other);
+        }
     }
 }
