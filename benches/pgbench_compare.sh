@@ -13,13 +13,17 @@
 # With SHARDS=N (default 0: none; issue 3 uses 4) a fifth target, `sharded`, is a second
 # `pgshard demo --backends N`, loaded with `pgbench -i` through the proxy: each backend
 # holds the rows of its vshards only, as in a sharded deployment, and the same
-# pgbench modes run against it as against the other targets.
+# pgbench modes run against it as against the other targets. A sixth, `sharded-1pg`,
+# is a pgshard with the same map whose N backends are N databases of the first
+# demo's one cluster: what sharding costs when the backends are not N PostgreSQL
+# instances sharing these CPUs.
 #
 # Environment (defaults in brackets):
 #   DURATION [10]  seconds per pgbench run      ROUNDS [3]   rounds per mode
 #   CLIENTS [16]   pgbench -c                   THREADS [2]  pgbench -j
 #   SCALE [2]      pgbench -i -s                POOL_SIZE [20] pgshard and PgBouncer pool
-#   PROXY_PORT [6510], OWN_PORT [6512], BOUNCER_PORT [6511], SHARD_PORT [6513]:
+#   PROXY_PORT [6510], OWN_PORT [6512], BOUNCER_PORT [6511], SHARD_PORT [6513],
+#   ONE_PORT [6514]:
 #                  first port tried; the next free one is used
 #   SHARDS [0]     backends of the sharded target (0: no sharded target)
 #   PG_BIN [/usr/lib/postgresql/15/bin]     LOG_DIR: keep every run's output there
@@ -47,7 +51,7 @@ READY_LINE="pgshard demo is ready"
 MODES=("-S" "-M prepared -S")
 SHARDS=${SHARDS:-0}
 TARGETS=(direct pgshard pgshard-own pgbouncer)
-((SHARDS > 0)) && TARGETS+=(sharded)
+((SHARDS > 0)) && TARGETS+=(sharded sharded-1pg)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PGSHARD=$ROOT/target/release/pgshard
@@ -58,6 +62,7 @@ WORK=""
 DEMO_PID=""
 OWN_PID=""
 SHARD_PID=""
+ONE_PID=""
 BOUNCER_PID=""
 RUN_TPS=0
 FAILURES=()
@@ -92,10 +97,13 @@ cleanup() {
         wait_gone "$SHARD_PID" "$STOP_WAIT" || kill -KILL "$SHARD_PID"
         wait "$SHARD_PID" 2>/dev/null
     fi
-    if [[ -n $OWN_PID ]] && kill -0 "$OWN_PID" 2>/dev/null; then
-        kill -TERM "$OWN_PID"
-        wait_gone "$OWN_PID" "$STOP_WAIT" || kill -KILL "$OWN_PID"
-    fi
+    local pid
+    for pid in "$OWN_PID" "$ONE_PID"; do
+        if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid"
+            wait_gone "$pid" "$STOP_WAIT" || kill -KILL "$pid"
+        fi
+    done
     if [[ -n $DEMO_PID ]] && kill -0 "$DEMO_PID" 2>/dev/null; then
         # The demo stops its PostgreSQL clusters on SIGTERM.
         kill -TERM "$DEMO_PID"
@@ -197,25 +205,62 @@ start_sharded() {
         >>"$WORK/init.log" 2>&1 || { cat "$WORK/init.log" >&2; die "pgbench -i through the sharded proxy failed"; }
 }
 
+# `pgshard run` with $1 (config) logging to $2; sets RUN_PID once it listens.
+run_proxy() {
+    local config=$1 logfile=$2 i
+    NO_COLOR=1 "$PGSHARD" run --config "$config" >"$logfile" 2>&1 &
+    RUN_PID=$!
+    for ((i = 0; i < READY_WAIT; i++)); do
+        grep -q '^pgshard listening on' "$logfile" && return 0
+        kill -0 "$RUN_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    cat "$logfile" >&2
+    die "pgshard run --config $config did not start"
+}
+
+# The first demo's config with another listen port, and the extra line $2.
+proxy_config() {
+    sed -e "s|^listen = .*|listen = \"127.0.0.1:$1\"|" \
+        -e "s|^http_listen = .*|http_listen = \"127.0.0.1:0\"|" \
+        -e "s|^pool_size = .*|&\n$2|" \
+        "$WORK/demo/pgshard.toml"
+}
+
 # The same proxy over the same cluster, with no shared connections (PgBouncer's model).
 start_own() {
     local config=$WORK/demo/own.toml
-    sed -e "s|^listen = .*|listen = \"127.0.0.1:$OWN_PORT\"|" \
-        -e "s|^http_listen = .*|http_listen = \"127.0.0.1:0\"|" \
-        -e "s|^pool_size = .*|&\npipeline_connections = 0|" \
-        "$WORK/demo/pgshard.toml" >"$config"
+    proxy_config "$OWN_PORT" 'pipeline_connections = 0' >"$config"
     grep -q '^pipeline_connections = 0' "$config" || die "could not write $config"
     log "starting pgshard without shared connections on 127.0.0.1:$OWN_PORT"
-    NO_COLOR=1 "$PGSHARD" run --config "$config" >"$WORK/own.log" 2>&1 &
-    OWN_PID=$!
-    local i
-    for ((i = 0; i < READY_WAIT; i++)); do
-        grep -q '^pgshard listening on' "$WORK/own.log" && return 0
-        kill -0 "$OWN_PID" 2>/dev/null || break
-        sleep 0.1
+    run_proxy "$config" "$WORK/own.log"
+    OWN_PID=$RUN_PID
+}
+
+# The sharded demo's map with backend k moved to database shard<k> of the first
+# demo's cluster, behind a proxy of its own, loaded through it.
+start_one_cluster() {
+    local dir=$WORK/one k dsn
+    mkdir -p "$dir"
+    dsn=$(sed -n 's|^primary = "\(.*\)"$|\1|p' "$WORK/demo/shardmap.toml" | head -n1)
+    [[ $dsn == */postgres\?* ]] || die "unexpected backend DSN in $WORK/demo/shardmap.toml"
+    for ((k = 0; k < SHARDS; k++)); do
+        "$PG_BIN/psql" -qAt -h "$BACKEND_SOCKET_DIR" -p "$BACKEND_PORT" -U "$DB_USER" \
+            -c "CREATE DATABASE shard$k" "$DB_NAME" >/dev/null ||
+            die "could not create database shard$k"
     done
-    cat "$WORK/own.log" >&2
-    die "pgshard (own connections) did not start"
+    awk -v dsn="$dsn" '/^primary = / { d = dsn; sub(/\/postgres[?]/, "/shard" k++ "?", d);
+        print "primary = \"" d "\""; next } { print }' \
+        "$WORK/sharded/shardmap.toml" >"$dir/shardmap.toml"
+    [[ $(grep -c '/shard[0-9]*?' "$dir/shardmap.toml") == "$SHARDS" ]] ||
+        die "could not write $dir/shardmap.toml"
+    proxy_config "$ONE_PORT" "state_dir = \"$dir/state\"" |
+        sed -e "s|^shard_map = .*|shard_map = \"$dir/shardmap.toml\"|" >"$dir/pgshard.toml"
+    log "starting pgshard over $SHARDS databases of one cluster on 127.0.0.1:$ONE_PORT"
+    run_proxy "$dir/pgshard.toml" "$WORK/one.log"
+    ONE_PID=$RUN_PID
+    "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$ONE_PORT" -U "$DB_USER" "$DB_NAME" \
+        >>"$WORK/init.log" 2>&1 || { cat "$WORK/init.log" >&2; die "pgbench -i through the one-cluster proxy failed"; }
 }
 
 start_pgbouncer() {
@@ -262,6 +307,7 @@ port_of() {
     pgshard) echo "$PROXY_PORT" ;;
     pgshard-own) echo "$OWN_PORT" ;;
     sharded) echo "$SHARD_PORT" ;;
+    sharded-1pg) echo "$ONE_PORT" ;;
     pgbouncer) echo "$BOUNCER_PORT" ;;
     esac
 }
@@ -305,7 +351,7 @@ report() {
         "$POOL_SIZE, pgshard $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')," \
         "$(nproc) CPUs"
     local -a ratios=(sh/dir own/dir pgb/dir sh/pgb)
-    ((SHARDS > 0)) && ratios+=(shard/sh)
+    ((SHARDS > 0)) && ratios+=(shard/sh 1pg/sh)
     line=$(printf '%-16s' mode)
     for target in "${TARGETS[@]}"; do line+=$(printf ' %11s' "$target"); done
     for target in "${ratios[@]}"; do line+=$(printf ' %8s' "$target"); done
@@ -323,11 +369,13 @@ report() {
             "$(ratio "${med[pgshard-own]}" "${med[direct]}")" \
             "$(ratio "${med[pgbouncer]}" "${med[direct]}")" \
             "$(ratio "${med[pgshard]}" "${med[pgbouncer]}")")
-        ((SHARDS > 0)) && line+=$(printf ' %8s' "$(ratio "${med[sharded]}" "${med[pgshard]}")")
+        ((SHARDS > 0)) && line+=$(printf ' %8s %8s' "$(ratio "${med[sharded]}" "${med[pgshard]}")" \
+            "$(ratio "${med[sharded-1pg]}" "${med[pgshard]}")")
         echo "$line"
     done
     echo "sh = pgshard, own = pgshard-own (no shared connections), pgb = PgBouncer, dir = direct"
-    ((SHARDS > 0)) && echo "shard = sharded (pgshard over $SHARDS backends)"
+    ((SHARDS > 0)) && echo "shard = sharded (pgshard over $SHARDS backends)," \
+        "1pg = sharded-1pg (the same map over $SHARDS databases of one cluster)"
     echo "median tps over rounds (a failed run counts as 0; (nF): n runs failed); every run:"
     for mode in "${MODES[@]}"; do
         for target in "${TARGETS[@]}"; do
@@ -374,7 +422,11 @@ main() {
     start_demo
     start_own
     start_pgbouncer
-    ((SHARDS > 0)) && start_sharded
+    if ((SHARDS > 0)); then
+        ONE_PORT=$(free_port "${ONE_PORT:-6514}" "$SHARD_PORT")
+        start_sharded
+        start_one_cluster
+    fi
 
     log "pgbench -i -s $SCALE on the backend"
     "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$BACKEND_PORT" -U "$DB_USER" "$DB_NAME" \
@@ -402,7 +454,7 @@ main() {
         mkdir -p "$LOG_DIR"
         cp -r "$WORK/runs" "$WORK/init.log" "$WORK/demo.log" "$WORK/own.log" \
             "$WORK/bouncer/pgbouncer.log" "$LOG_DIR/"
-        [[ -f $WORK/sharded.log ]] && cp "$WORK/sharded.log" "$LOG_DIR/"
+        [[ -f $WORK/sharded.log ]] && cp "$WORK/sharded.log" "$WORK/one.log" "$LOG_DIR/"
         log "logs kept in $LOG_DIR"
     fi
 }
