@@ -44,6 +44,8 @@ STOP_WAIT=600
 # A pgbench run that outlives DURATION by this much is killed and counted as failed.
 RUN_GRACE_S=60
 PG_OS_USER=postgres
+# max_connections of a demo cluster (src/cluster/node.rs).
+DEMO_MAX_CONNECTIONS=200
 DB_USER=pgshard
 DB_PASSWORD=pgshard
 DB_NAME=postgres
@@ -63,6 +65,8 @@ DEMO_PID=""
 OWN_PID=""
 SHARD_PID=""
 ONE_PID=""
+# The last `pgshard run` started, known to cleanup before it is ready.
+RUN_PID=""
 BOUNCER_PID=""
 RUN_TPS=0
 FAILURES=()
@@ -98,7 +102,7 @@ cleanup() {
         wait "$SHARD_PID" 2>/dev/null
     fi
     local pid
-    for pid in "$OWN_PID" "$ONE_PID"; do
+    for pid in "$OWN_PID" "$ONE_PID" "$RUN_PID"; do
         if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
             kill -TERM "$pid"
             wait_gone "$pid" "$STOP_WAIT" || kill -KILL "$pid"
@@ -256,6 +260,8 @@ start_one_cluster() {
         die "could not write $dir/shardmap.toml"
     proxy_config "$ONE_PORT" "state_dir = \"$dir/state\"" |
         sed -e "s|^shard_map = .*|shard_map = \"$dir/shardmap.toml\"|" >"$dir/pgshard.toml"
+    grep -qF "shard_map = \"$dir/shardmap.toml\"" "$dir/pgshard.toml" ||
+        die "could not write $dir/pgshard.toml"
     log "starting pgshard over $SHARDS databases of one cluster on 127.0.0.1:$ONE_PORT"
     run_proxy "$dir/pgshard.toml" "$WORK/one.log"
     ONE_PID=$RUN_PID
@@ -423,6 +429,10 @@ main() {
     start_own
     start_pgbouncer
     if ((SHARDS > 0)); then
+        # The first demo's cluster serves pgshard, pgshard-own, PgBouncer and a pool
+        # per database of sharded-1pg.
+        (((SHARDS + 3) * POOL_SIZE + 10 <= DEMO_MAX_CONNECTIONS)) ||
+            die "SHARDS=$SHARDS with POOL_SIZE=$POOL_SIZE needs more than the demo cluster's $DEMO_MAX_CONNECTIONS connections"
         ONE_PORT=$(free_port "${ONE_PORT:-6514}" "$SHARD_PORT")
         start_sharded
         start_one_cluster

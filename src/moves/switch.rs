@@ -175,6 +175,7 @@ impl Mover {
             .collect();
         let sql = format!(
             "SELECT count(*) FROM pg_locks WHERE pid IS NULL AND locktype = 'relation' \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
              AND relation IN (SELECT to_regclass(t) FROM unnest(ARRAY[{}]::text[]) t)",
             tables.join(", ")
         );

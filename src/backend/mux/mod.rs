@@ -17,6 +17,8 @@
 //!   driver drops their ParseComplete and, if one fails, forgets the statements.
 //! - A cancel reaches the server only while the request it is meant for runs there.
 
+mod driver;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -26,8 +28,6 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::server::{self, CancelKey, ServerConn};
-
-mod driver;
 use crate::limits;
 
 /// No request (the value of `head` and `cancel_wanted` when there is none).
