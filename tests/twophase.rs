@@ -127,6 +127,34 @@ async fn a_decided_commit_is_finished_by_recovery_after_a_lost_participant() {
     assert_eq!(count(0, &logged).await, 0, "the decision stayed in the log");
 }
 
+/// A transaction prepared under a gid without a participant suffix (as proxies
+/// before participant ids made them) is still resolved by its logged decision.
+#[tokio::test]
+async fn recovery_resolves_ids_without_a_participant_suffix() {
+    let _turn = SERIAL.lock().await;
+    let map = map();
+    let pools = pools(&map);
+    table("tp_old_ids").await;
+    let coordinator = Coordinator::new(pools[0].clone(), Duration::from_secs(3600));
+    let (mut a, mut b) = participants(&map, "tp_old_ids").await;
+    let gid = Coordinator::new_gid();
+    for conn in [&mut a, &mut b] {
+        conn.execute(&format!("PREPARE TRANSACTION '{gid}'"))
+            .await
+            .unwrap();
+    }
+    coordinator.decide(&gid).await.unwrap();
+    drop((a, b));
+    coordinator.recover(&pools).await.unwrap();
+    let old = format!("SELECT count(*) FROM pg_prepared_xacts WHERE gid = '{gid}'");
+    for backend in 0..2 {
+        assert_eq!(count(backend, &old).await, 0, "{gid} left prepared");
+        assert_eq!(count(backend, "SELECT count(*) FROM tp_old_ids").await, 1);
+    }
+    let logged = format!("SELECT count(*) FROM {LOG_TABLE} WHERE gid = '{gid}'");
+    assert_eq!(count(0, &logged).await, 0, "the decision stayed in the log");
+}
+
 #[tokio::test]
 async fn undecided_prepared_transactions_are_rolled_back() {
     let _turn = SERIAL.lock().await;
