@@ -60,11 +60,7 @@ fn bench_route(c: &mut Criterion) {
     }
     // A prepared statement's plan is made once; each Bind only decides.
     let analyzed = cache.analyze(SELECT_PARAM_SQL, &map).expect("analyze");
-    let value = b"48217";
-    let params = [Param {
-        format: 0,
-        value: Some(&value[..]),
-    }];
+    let params = [Param::text("48217")];
     assert!(matches!(decide(&analyzed, &params, &map), Decision::One(_)));
     group.bench_function(BenchmarkId::new("decide", "bind"), |b| {
         b.iter(|| decide(black_box(&analyzed), black_box(&params), &map))

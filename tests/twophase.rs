@@ -240,24 +240,15 @@ async fn a_starting_proxy_resolves_decided_transactions() {
 #[tokio::test]
 async fn backends_sharing_a_cluster_commit_together() {
     let _turn = SERIAL.lock().await;
-    let first = common::backend_client(cluster(), 0).await;
-    let exists: bool = first
-        .query_one(
-            "SELECT count(*) > 0 FROM pg_database WHERE datname = 'tp_second'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    if !exists {
-        first
+    let exists = "SELECT count(*) FROM pg_database WHERE datname = 'tp_second'";
+    if count(0, exists).await == 0 {
+        common::backend_client(cluster(), 0)
+            .await
             .batch_execute("CREATE DATABASE tp_second")
             .await
             .unwrap();
     }
     // The demo's map with backend b1 moved into database tp_second of b0's cluster.
-    let map = map();
-    let dsn = &map.backends[0].primary;
     let text = std::fs::read_to_string(cluster().dir.join("shardmap.toml")).unwrap();
     let mut doc: toml::Value = toml::from_str(&text).unwrap();
     let backends = doc["backends"].as_array_mut().unwrap();
@@ -304,31 +295,23 @@ async fn backends_sharing_a_cluster_commit_together() {
         .unwrap()
         .get(0);
     assert_eq!(through, 20);
-    let mut dsn = dsn.clone();
-    dsn.database = "tp_second".into();
-    let mut second = ServerConn::connect(&dsn).await.unwrap();
+    let first_cluster = format!("127.0.0.1:{}", cluster().backends[0].1);
+    let second = common::connect(
+        first_cluster.parse().unwrap(),
+        common::USER,
+        common::PASSWORD,
+        "tp_second",
+    )
+    .await
+    .unwrap();
     let on_second: i64 = second
-        .query_column("SELECT count(*) FROM tp_same")
-        .await
-        .unwrap()[0]
-        .as_deref()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let on_first: i64 = first
         .query_one("SELECT count(*) FROM tp_same", &[])
         .await
         .unwrap()
         .get(0);
+    let on_first = count(0, "SELECT count(*) FROM tp_same").await;
     assert_eq!(on_first + on_second, 20);
     assert!(on_first > 0 && on_second > 0, "{on_first} + {on_second}");
-    let leftover: i64 = first
-        .query_one(
-            "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'pgshard_%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(leftover, 0);
+    let leftover = "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'pgshard_%'";
+    assert_eq!(count(0, leftover).await, 0);
 }

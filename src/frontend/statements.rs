@@ -188,10 +188,8 @@ mod tests {
     }
 
     fn map(extra_tables: &str) -> ShardMap {
-        let backends: Vec<_> = (0..2)
-            .map(|i| (format!("b{i}"), format!("postgresql://u@h:{i}/d"), vec![]))
-            .collect();
-        ShardMap::parse(&(ShardMap::even_toml(&backends, 1000) + extra_tables)).unwrap()
+        let text = ShardMap::even_for_tests(2).text.0.to_string();
+        ShardMap::parse(&(text + extra_tables)).unwrap()
     }
 
     #[test]

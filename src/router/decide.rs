@@ -17,6 +17,16 @@ pub struct Param<'a> {
     pub value: Option<&'a [u8]>,
 }
 
+impl<'a> Param<'a> {
+    /// A non-NULL parameter in text format.
+    pub fn text(value: &'a str) -> Param<'a> {
+        Param {
+            format: 0,
+            value: Some(value.as_bytes()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Any backend will do (no user table, or reference tables only); alone it goes

@@ -59,13 +59,6 @@ fn check_error(map: &ShardMap, sql: &str, params: &[Param], want: &str) {
     }
 }
 
-fn text(v: &str) -> Param<'_> {
-    Param {
-        format: 0,
-        value: Some(v.as_bytes()),
-    }
-}
-
 #[test]
 fn keyed_statements_go_to_their_key_s_backend() {
     let m = &map();
@@ -146,7 +139,7 @@ fn keyed_statements_go_to_their_key_s_backend() {
         )
         .unwrap();
     let keys: Vec<String> = (1..=8).map(|k| k.to_string()).collect();
-    let params: Vec<Param> = keys.iter().map(|k| text(k)).collect();
+    let params: Vec<Param> = keys.iter().map(|k| Param::text(k)).collect();
     assert_eq!(
         decide(&analyzed, &params, m),
         Decision::Gather {
@@ -183,7 +176,7 @@ fn parameters_in_text_and_binary() {
     let m = &map();
     let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
     let want = Decision::One(at(m, Key::Int(77)));
-    assert_eq!(run(m, sql, &[text("77")]), want);
+    assert_eq!(run(m, sql, &[Param::text("77")]), want);
     for bytes in [
         &77i16.to_be_bytes()[..],
         &77i32.to_be_bytes(),
@@ -202,7 +195,7 @@ fn parameters_in_text_and_binary() {
     assert_eq!(run(m, sql, &[null]), Decision::Any);
     let sql = "SELECT * FROM names WHERE name = $2 AND x = $1";
     assert_eq!(
-        run(m, sql, &[text("x"), text("bob")]),
+        run(m, sql, &[Param::text("x"), Param::text("bob")]),
         Decision::One(at(m, Key::Text(b"bob".to_vec())))
     );
     check_error(
@@ -375,7 +368,7 @@ fn keyless_reads_scatter_and_keyless_writes_go_everywhere() {
         )
         .unwrap();
     assert_eq!(
-        decide(&analyzed, &[text("5"), text("2")], m),
+        decide(&analyzed, &[Param::text("5"), Param::text("2")], m),
         combine(vec![Group], false, vec![by(0, false)], Some(5), Some(2))
     );
     let null = Param {
@@ -393,7 +386,7 @@ fn keyless_reads_scatter_and_keyless_writes_go_everywhere() {
         )
     );
     assert!(matches!(
-        decide(&analyzed, &[text("-1"), null], m),
+        decide(&analyzed, &[Param::text("-1"), null], m),
         Decision::Error(_)
     ));
     for (sql, why) in [
@@ -709,7 +702,7 @@ fn no_input_makes_the_router_panic() {
                 /* x /* y */ */ -- z\n; SELECT * FROM pgbench_accounts WHERE aid IN ($2, $$q$$)";
     for end in 0..=base.len() {
         if let Ok(analyzed) = cache.analyze(&base[..end], m) {
-            let _ = decide(&analyzed, &[text("1"), text("zz")], m);
+            let _ = decide(&analyzed, &[Param::text("1"), Param::text("zz")], m);
             let _ = decide(&analyzed, &[], m);
         }
     }

@@ -13,13 +13,7 @@ fn map() -> ShardMap {
 fn check(sql: &str, params: &[&str], want: Option<&str>, unused: &[usize]) {
     let map = map();
     let analyzed = PlanCache::default().analyze(sql, &map).unwrap();
-    let params: Vec<Param> = params
-        .iter()
-        .map(|p| Param {
-            format: 0,
-            value: Some(p.as_bytes()),
-        })
-        .collect();
+    let params: Vec<Param> = params.iter().map(|p| Param::text(p)).collect();
     let Decision::Scatter(Merge::Combine(combine)) = decide(&analyzed, &params, &map) else {
         panic!("{sql}: not a merged read");
     };

@@ -151,13 +151,7 @@ mod tests {
     fn check(sql: &str, params: &[&str], expect: (&[i64], bool, bool)) {
         let map = map();
         let analyzed = PlanCache::default().analyze(sql, &map).unwrap();
-        let params: Vec<Param> = params
-            .iter()
-            .map(|p| Param {
-                format: 0,
-                value: Some(p.as_bytes()),
-            })
-            .collect();
+        let params: Vec<Param> = params.iter().map(|p| Param::text(p)).collect();
         let got = touch(&analyzed, &params, &map);
         let mut vshards: Vec<u32> = expect.0.iter().map(|k| Key::Int(*k).vshard(1000)).collect();
         vshards.sort_unstable();
