@@ -167,23 +167,44 @@ async fn run_admin(command: Command) -> Result<(), String> {
     }
 }
 
-/// The tokio runtime. `PGSHARD_WORKERS=1` runs everything on one thread, like
-/// PgBouncer; any other number sets the worker threads (default: one per core).
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let workers: Option<usize> = std::env::var("PGSHARD_WORKERS")
-        .ok()
-        .and_then(|v| v.parse().ok());
-    match workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
+/// The tokio runtime: `PGSHARD_WORKERS` worker threads, by default half the cores (at
+/// least one). With one worker everything runs on the calling thread, like PgBouncer.
+/// The proxy shares its machine with its clients and often its servers: on 2 cores a
+/// second worker thread costs more in cross-thread wakeups than it brings (see
+/// benches/README.md).
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let workers = match std::env::var("PGSHARD_WORKERS") {
+        Ok(value) => parse_workers(&value)?,
+        Err(_) => default_workers(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    };
+    let runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build(),
-        Some(n) if n > 1 => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
             .enable_all()
-            .build(),
-        _ => tokio::runtime::Runtime::new(),
+            .build()
+    };
+    Ok(runtime?)
+}
+
+fn default_workers(cores: usize) -> usize {
+    (cores / 2).max(1)
+}
+
+fn parse_workers(value: &str) -> anyhow::Result<usize> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(n),
+        _ => anyhow::bail!(
+            "PGSHARD_WORKERS: must be a whole number 1..={MAX_WORKERS}, got {value:?}"
+        ),
     }
 }
+
+/// Most worker threads `PGSHARD_WORKERS` may ask for.
+const MAX_WORKERS: usize = 1024;
 
 async fn run(config: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config)?;
@@ -199,4 +220,27 @@ async fn run(config: PathBuf) -> anyhow::Result<()> {
     app.shutdown.cancel();
     let _ = running.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_default_to_half_the_cores() {
+        assert_eq!(default_workers(1), 1);
+        assert_eq!(default_workers(2), 1);
+        assert_eq!(default_workers(3), 1);
+        assert_eq!(default_workers(8), 4);
+    }
+
+    #[test]
+    fn workers_setting_is_checked() {
+        assert_eq!(parse_workers("1").unwrap(), 1);
+        assert_eq!(parse_workers(" 4 ").unwrap(), 4);
+        for bad in ["0", "-1", "two", "", "1025"] {
+            let err = parse_workers(bad).unwrap_err().to_string();
+            assert!(err.starts_with("PGSHARD_WORKERS: must be"), "{bad}: {err}");
+        }
+    }
 }
