@@ -16,14 +16,16 @@
 # pgbench modes run against it as against the other targets. A sixth, `sharded-1pg`,
 # is a pgshard with the same map whose N backends are N databases of the first
 # demo's one cluster: what sharding costs when the backends are not N PostgreSQL
-# instances sharing these CPUs.
+# instances sharing these CPUs. A seventh, `pgshard-nc`, is pgshard over the first
+# demo's one backend with `pipeline_connections = N`: as many PostgreSQL processes
+# serving shared requests as the sharded target has, without routing.
 #
 # Environment (defaults in brackets):
 #   DURATION [10]  seconds per pgbench run      ROUNDS [3]   rounds per mode
 #   CLIENTS [16]   pgbench -c                   THREADS [2]  pgbench -j
 #   SCALE [2]      pgbench -i -s                POOL_SIZE [20] pgshard and PgBouncer pool
 #   PROXY_PORT [6510], OWN_PORT [6512], BOUNCER_PORT [6511], SHARD_PORT [6513],
-#   ONE_PORT [6514]:
+#   ONE_PORT [6514], NC_PORT [6515]:
 #                  first port tried; the next free one is used
 #   SHARDS [0]     backends of the sharded target (0: no sharded target)
 #   PG_BIN [/usr/lib/postgresql/15/bin]     LOG_DIR: keep every run's output there
@@ -53,7 +55,7 @@ READY_LINE="pgshard demo is ready"
 MODES=("-S" "-M prepared -S")
 SHARDS=${SHARDS:-0}
 TARGETS=(direct pgshard pgshard-own pgbouncer)
-((SHARDS > 0)) && TARGETS+=(sharded sharded-1pg)
+((SHARDS > 0)) && TARGETS+=(sharded sharded-1pg pgshard-nc)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PGSHARD=$ROOT/target/release/pgshard
@@ -65,6 +67,7 @@ DEMO_PID=""
 OWN_PID=""
 SHARD_PID=""
 ONE_PID=""
+NC_PID=""
 # The last `pgshard run` started, known to cleanup before it is ready.
 RUN_PID=""
 BOUNCER_PID=""
@@ -102,7 +105,7 @@ cleanup() {
         wait "$SHARD_PID" 2>/dev/null
     fi
     local pid
-    for pid in "$OWN_PID" "$ONE_PID" "$RUN_PID"; do
+    for pid in "$OWN_PID" "$ONE_PID" "$NC_PID" "$RUN_PID"; do
         if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
             kill -TERM "$pid"
             wait_gone "$pid" "$STOP_WAIT" || kill -KILL "$pid"
@@ -241,6 +244,18 @@ start_own() {
     OWN_PID=$RUN_PID
 }
 
+# The first demo's proxy with as many shared connections as the sharded target has
+# backends (its own state folder: it must not share the demo's).
+start_nconn() {
+    local config=$WORK/demo/nc.toml
+    proxy_config "$NC_PORT" "pipeline_connections = $SHARDS" |
+        sed -e "s|^pool_size = .*|&\nstate_dir = \"$WORK/demo/nc-state\"|" >"$config"
+    grep -q "^pipeline_connections = $SHARDS\$" "$config" || die "could not write $config"
+    log "starting pgshard with $SHARDS shared connections on 127.0.0.1:$NC_PORT"
+    run_proxy "$config" "$WORK/nc.log"
+    NC_PID=$RUN_PID
+}
+
 # The sharded demo's map with backend k moved to database shard<k> of the first
 # demo's cluster, behind a proxy of its own, loaded through it.
 start_one_cluster() {
@@ -314,6 +329,7 @@ port_of() {
     pgshard-own) echo "$OWN_PORT" ;;
     sharded) echo "$SHARD_PORT" ;;
     sharded-1pg) echo "$ONE_PORT" ;;
+    pgshard-nc) echo "$NC_PORT" ;;
     pgbouncer) echo "$BOUNCER_PORT" ;;
     esac
 }
@@ -357,7 +373,7 @@ report() {
         "$POOL_SIZE, pgshard $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')," \
         "$(nproc) CPUs"
     local -a ratios=(sh/dir own/dir pgb/dir sh/pgb)
-    ((SHARDS > 0)) && ratios+=(shard/sh 1pg/sh)
+    ((SHARDS > 0)) && ratios+=(shard/sh 1pg/sh nc/sh shard/nc)
     line=$(printf '%-16s' mode)
     for target in "${TARGETS[@]}"; do line+=$(printf ' %11s' "$target"); done
     for target in "${ratios[@]}"; do line+=$(printf ' %8s' "$target"); done
@@ -375,13 +391,17 @@ report() {
             "$(ratio "${med[pgshard-own]}" "${med[direct]}")" \
             "$(ratio "${med[pgbouncer]}" "${med[direct]}")" \
             "$(ratio "${med[pgshard]}" "${med[pgbouncer]}")")
-        ((SHARDS > 0)) && line+=$(printf ' %8s %8s' "$(ratio "${med[sharded]}" "${med[pgshard]}")" \
-            "$(ratio "${med[sharded-1pg]}" "${med[pgshard]}")")
+        ((SHARDS > 0)) && line+=$(printf ' %8s %8s %8s %8s' \
+            "$(ratio "${med[sharded]}" "${med[pgshard]}")" \
+            "$(ratio "${med[sharded-1pg]}" "${med[pgshard]}")" \
+            "$(ratio "${med[pgshard-nc]}" "${med[pgshard]}")" \
+            "$(ratio "${med[sharded]}" "${med[pgshard-nc]}")")
         echo "$line"
     done
     echo "sh = pgshard, own = pgshard-own (no shared connections), pgb = PgBouncer, dir = direct"
     ((SHARDS > 0)) && echo "shard = sharded (pgshard over $SHARDS backends)," \
-        "1pg = sharded-1pg (the same map over $SHARDS databases of one cluster)"
+        "1pg = sharded-1pg (the same map over $SHARDS databases of one cluster)," \
+        "nc = pgshard-nc (one backend, $SHARDS shared connections)"
     echo "median tps over rounds (a failed run counts as 0; (nF): n runs failed); every run:"
     for mode in "${MODES[@]}"; do
         for target in "${TARGETS[@]}"; do
@@ -429,11 +449,16 @@ main() {
     start_own
     start_pgbouncer
     if ((SHARDS > 0)); then
-        # The first demo's cluster serves pgshard, pgshard-own, PgBouncer and a pool
-        # per database of sharded-1pg.
-        (((SHARDS + 3) * POOL_SIZE + 10 <= DEMO_MAX_CONNECTIONS)) ||
+        # The first demo's cluster serves pgshard, pgshard-own, PgBouncer,
+        # pgshard-nc and a pool per database of sharded-1pg.
+        (((SHARDS + 4) * POOL_SIZE + 10 <= DEMO_MAX_CONNECTIONS)) ||
             die "SHARDS=$SHARDS with POOL_SIZE=$POOL_SIZE needs more than the demo cluster's $DEMO_MAX_CONNECTIONS connections"
         ONE_PORT=$(free_port "${ONE_PORT:-6514}" "$SHARD_PORT")
+        NC_PORT=${NC_PORT:-6515}
+        while port_in_use "$NC_PORT" || [[ " $PROXY_PORT $BOUNCER_PORT $OWN_PORT $SHARD_PORT $ONE_PORT " == *" $NC_PORT "* ]]; do
+            NC_PORT=$((NC_PORT + 1))
+        done
+        start_nconn
         start_sharded
         start_one_cluster
     fi
