@@ -234,23 +234,32 @@ proxy_config() {
         "$WORK/demo/pgshard.toml"
 }
 
+# `proxy_config` for a second proxy beside the demo's: its own state folder
+# ($WORK/demo/$2-state), since each proxy records the map it starts with there.
+second_proxy_config() {
+    proxy_config "$1" "$3" | sed -e "s|^pool_size = .*|&\nstate_dir = \"$WORK/demo/$2-state\"|"
+}
+
 # The same proxy over the same cluster, with no shared connections (PgBouncer's model).
 start_own() {
     local config=$WORK/demo/own.toml
-    proxy_config "$OWN_PORT" 'pipeline_connections = 0' >"$config"
-    grep -q '^pipeline_connections = 0' "$config" || die "could not write $config"
+    second_proxy_config "$OWN_PORT" own 'pipeline_connections = 0' >"$config"
+    grep -q '^pipeline_connections = 0' "$config" && grep -q '^state_dir = ' "$config" ||
+        die "could not write $config"
     log "starting pgshard without shared connections on 127.0.0.1:$OWN_PORT"
     run_proxy "$config" "$WORK/own.log"
     OWN_PID=$RUN_PID
 }
 
 # The first demo's proxy with as many shared connections as the sharded target has
-# backends (its own state folder: it must not share the demo's).
+# backends. At most half the pool may be shared.
 start_nconn() {
     local config=$WORK/demo/nc.toml
-    proxy_config "$NC_PORT" "pipeline_connections = $SHARDS" |
-        sed -e "s|^pool_size = .*|&\nstate_dir = \"$WORK/demo/nc-state\"|" >"$config"
-    grep -q "^pipeline_connections = $SHARDS\$" "$config" || die "could not write $config"
+    ((2 * SHARDS <= POOL_SIZE)) ||
+        die "pgshard-nc needs POOL_SIZE of at least $((2 * SHARDS)) for $SHARDS shared connections"
+    second_proxy_config "$NC_PORT" nc "pipeline_connections = $SHARDS" >"$config"
+    grep -q "^pipeline_connections = $SHARDS\$" "$config" && grep -q '^state_dir = ' "$config" ||
+        die "could not write $config"
     log "starting pgshard with $SHARDS shared connections on 127.0.0.1:$NC_PORT"
     run_proxy "$config" "$WORK/nc.log"
     NC_PID=$RUN_PID
@@ -489,7 +498,7 @@ main() {
         mkdir -p "$LOG_DIR"
         cp -r "$WORK/runs" "$WORK/init.log" "$WORK/demo.log" "$WORK/own.log" \
             "$WORK/bouncer/pgbouncer.log" "$LOG_DIR/"
-        [[ -f $WORK/sharded.log ]] && cp "$WORK/sharded.log" "$WORK/one.log" "$LOG_DIR/"
+        [[ -f $WORK/sharded.log ]] && cp "$WORK/sharded.log" "$WORK/one.log" "$WORK/nc.log" "$LOG_DIR/"
         log "logs kept in $LOG_DIR"
     fi
 }

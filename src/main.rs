@@ -175,7 +175,10 @@ async fn run_admin(command: Command) -> Result<(), String> {
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     let workers = match std::env::var("PGSHARD_WORKERS") {
         Ok(value) => parse_workers(&value)?,
-        Err(_) => default_workers(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        Err(std::env::VarError::NotPresent) => {
+            default_workers(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        }
+        Err(std::env::VarError::NotUnicode(value)) => parse_workers(&value.to_string_lossy())?,
     };
     let runtime = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()

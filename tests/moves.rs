@@ -174,7 +174,10 @@ fn run_pgbench(addr: SocketAddr, args: Vec<String>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swaps_and_moves_under_load_lose_nothing() {
     let fifth = extra_demo("fifth", 1);
-    let proxy = common::start_proxy(cluster(), "moves-load", PROXY_CONFIG);
+    // Two worker threads: the other tests run the proxy on the machine's default,
+    // which is one thread on CI's 2 cores.
+    let workers = [("PGSHARD_WORKERS", "2")];
+    let proxy = common::start_proxy_env(cluster(), "moves-load", PROXY_CONFIG, &workers);
     let addr = proxy.addr;
     tokio::task::spawn_blocking(move || {
         run_pgbench(

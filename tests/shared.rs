@@ -61,7 +61,10 @@ async fn active_count(backend: &Client, query: &str) -> i64 {
 
 #[tokio::test]
 async fn many_clients_each_get_their_own_answers() {
-    let proxy = start_proxy(cluster(), "shared-answers", CONFIG);
+    // Two worker threads, so sessions and the connection's driver run in parallel
+    // (the default is one thread on 2 cores).
+    let workers = [("PGSHARD_WORKERS", "2")];
+    let proxy = common::start_proxy_env(cluster(), "shared-answers", CONFIG, &workers);
     let mut tasks = Vec::new();
     for c in 0..16i32 {
         let client = app(&proxy).await;

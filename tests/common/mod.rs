@@ -245,12 +245,25 @@ impl Proxy {
 /// Starts a proxy over the demo's backends with `extra` config lines (users, pool
 /// size, ...) appended to a minimal config.
 pub fn start_proxy(demo: &Demo, name: &str, extra: &str) -> Proxy {
+    start_proxy_env(demo, name, extra, &[])
+}
+
+/// `start_proxy` with environment variables for the proxy, e.g. `PGSHARD_WORKERS`
+/// (its default depends on the machine's cores: one worker on 2 or 3).
+pub fn start_proxy_env(demo: &Demo, name: &str, extra: &str, env: &[(&str, &str)]) -> Proxy {
     let map = std::fs::read_to_string(demo.dir.join("shardmap.toml")).expect("read shard map");
-    start_proxy_with_map(name, &map, extra)
+    let dir = write_proxy_files(name, &map, extra);
+    restart_proxy(name, &dir, env)
 }
 
 /// Starts a proxy with a shard map of the test's own.
 pub fn start_proxy_with_map(name: &str, map: &str, extra: &str) -> Proxy {
+    let dir = write_proxy_files(name, map, extra);
+    restart_proxy(name, &dir, &[])
+}
+
+/// A fresh folder for proxy `name` with its shard map and config; returns it.
+fn write_proxy_files(name: &str, map: &str, extra: &str) -> PathBuf {
     let dir =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("proxy-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -258,7 +271,7 @@ pub fn start_proxy_with_map(name: &str, map: &str, extra: &str) -> Proxy {
     std::fs::write(dir.join("shardmap.toml"), map).expect("write shard map");
     let config = format!("listen = \"127.0.0.1:0\"\nshard_map = \"shardmap.toml\"\n{extra}");
     std::fs::write(dir.join("pgshard.toml"), config).expect("write config");
-    restart_proxy(name, &dir, &[])
+    dir
 }
 
 /// SQL for an integer key's vshard, as PostgreSQL's hash partitioning computes it
