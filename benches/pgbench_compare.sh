@@ -234,34 +234,33 @@ proxy_config() {
         "$WORK/demo/pgshard.toml"
 }
 
-# `proxy_config` for a second proxy beside the demo's: its own state folder
-# ($WORK/demo/$2-state), since each proxy records the map it starts with there.
-second_proxy_config() {
-    proxy_config "$1" "$3" | sed -e "s|^pool_size = .*|&\nstate_dir = \"$WORK/demo/$2-state\"|"
+# A second pgshard beside the demo's, over its cluster: the demo's config with listen
+# port $1 and `pipeline_connections = $3`, written to $WORK/demo/$2.toml, with its own
+# state folder (each proxy records there the map it starts with); logs to
+# $WORK/$2.log. Sets RUN_PID once it listens.
+start_second_proxy() {
+    local port=$1 name=$2 connections=$3 config=$WORK/demo/$2.toml
+    proxy_config "$port" "pipeline_connections = $connections" |
+        sed -e "s|^pool_size = .*|&\nstate_dir = \"$WORK/demo/$name-state\"|" >"$config"
+    grep -q "^pipeline_connections = $connections\$" "$config" &&
+        grep -q '^state_dir = ' "$config" || die "could not write $config"
+    run_proxy "$config" "$WORK/$name.log"
 }
 
 # The same proxy over the same cluster, with no shared connections (PgBouncer's model).
 start_own() {
-    local config=$WORK/demo/own.toml
-    second_proxy_config "$OWN_PORT" own 'pipeline_connections = 0' >"$config"
-    grep -q '^pipeline_connections = 0' "$config" && grep -q '^state_dir = ' "$config" ||
-        die "could not write $config"
     log "starting pgshard without shared connections on 127.0.0.1:$OWN_PORT"
-    run_proxy "$config" "$WORK/own.log"
+    start_second_proxy "$OWN_PORT" own 0
     OWN_PID=$RUN_PID
 }
 
 # The first demo's proxy with as many shared connections as the sharded target has
 # backends. At most half the pool may be shared.
 start_nconn() {
-    local config=$WORK/demo/nc.toml
     ((2 * SHARDS <= POOL_SIZE)) ||
         die "pgshard-nc needs POOL_SIZE of at least $((2 * SHARDS)) for $SHARDS shared connections"
-    second_proxy_config "$NC_PORT" nc "pipeline_connections = $SHARDS" >"$config"
-    grep -q "^pipeline_connections = $SHARDS\$" "$config" && grep -q '^state_dir = ' "$config" ||
-        die "could not write $config"
     log "starting pgshard with $SHARDS shared connections on 127.0.0.1:$NC_PORT"
-    run_proxy "$config" "$WORK/nc.log"
+    start_second_proxy "$NC_PORT" nc "$SHARDS"
     NC_PID=$RUN_PID
 }
 
