@@ -38,7 +38,7 @@ pub struct App {
     /// One shard map change at a time: apply, rollback, reload, a move's switch.
     pub map_changes: tokio::sync::Mutex<()>,
     /// The maps applied so far (`maps::history`).
-    pub history: History,
+    pub history: Arc<History>,
     /// The rebalance job, if one ran (`moves::rebalance`).
     pub rebalancer: Rebalancer,
     /// A background retry of an unfinished move's recovery runs.
@@ -64,7 +64,7 @@ impl App {
             coordinator,
             gate: Arc::default(),
             map_changes: tokio::sync::Mutex::new(()),
-            history,
+            history: Arc::new(history),
             rebalancer: Rebalancer::default(),
             move_recovery: Default::default(),
             stats,

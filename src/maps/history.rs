@@ -117,6 +117,20 @@ pub fn with_version(text: &str, version: u64) -> Result<String, ApplyError> {
 /// Replaces `path` with `bytes` so that a crash leaves the old file or the new one
 /// (a temporary file beside it, synced, renamed over it, the folder synced). `Ok`
 /// once renamed.
+/// Runs `f` (file writes that wait for the disk's sync) on tokio's blocking threads,
+/// so the runtime's own thread, the only one by default on 2 cores, goes on serving
+/// clients meanwhile. `Err` only if `f` panicked. `f` runs to its end even if the
+/// caller is dropped: only tasks that nothing cancels (a move's) use this; a map
+/// applied through the API writes in place, so a dropped request cannot leave the
+/// file ahead of the running map.
+pub async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("a write to disk failed: {e}"))
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));

@@ -68,8 +68,17 @@ impl Journal {
         }
     }
 
+    /// `write`, off the runtime's thread (see `maps::history::off_runtime`).
+    pub async fn save(&self, record: &Record) -> std::io::Result<()> {
+        let journal = Journal::new(&self.dir);
+        let record = record.clone();
+        crate::maps::history::off_runtime(move || journal.write(&record))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
     /// Records `record` as the move's state, durably.
-    pub fn write(&self, record: &Record) -> std::io::Result<()> {
+    fn write(&self, record: &Record) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let text = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
         write_atomic(&self.current(), &text)?;

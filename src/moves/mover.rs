@@ -96,7 +96,8 @@ pub async fn move_vshard(app: &Arc<App>, vshard: u32, to: &str) -> Result<MoveRe
         ));
     }
     journal
-        .write(&record)
+        .save(&record)
+        .await
         .map_err(|e| MoveError::Journal(e.to_string()))?;
     tracing::info!(id = %record.id, vshard, from = %record.source, to = %record.target, "move started");
     metrics::gauge!("pgshard_move_running").set(1.0);
@@ -180,7 +181,7 @@ async fn run(
             let mut record = record;
             record.step = Step::RolledBack;
             record.error = Some(why.clone());
-            let _ = journal.write(&record);
+            let _ = journal.save(&record).await;
             return Err(MoveError::RolledBack(vshard, why));
         }
     };
@@ -196,7 +197,7 @@ async fn run(
         }
         mover.record.step = Step::RolledBack;
         mover.record.error = Some(why.clone());
-        let _ = journal.write(&mover.record);
+        let _ = journal.save(&mover.record).await;
         return Err(MoveError::RolledBack(vshard, why));
     }
     if let Err(why) = mover.complete(gate, journal).await {
@@ -307,7 +308,10 @@ impl Mover {
     async fn copy_and_switch(&mut self, gate: &MoveGate, journal: &Journal) -> Result<(), String> {
         self.check_tables().await?;
         // The tables as they are moved, before anything is made on a backend.
-        journal.write(&self.record).map_err(|e| e.to_string())?;
+        journal
+            .save(&self.record)
+            .await
+            .map_err(|e| e.to_string())?;
         self.install_capture().await?;
         self.initial_copy().await?;
         failpoint("copied").await;

@@ -73,7 +73,8 @@ async fn source_side(app: &App, mut record: Record, switched: bool) -> Result<()
     }
     metrics::counter!("pgshard_moves_recovered_total").increment(1);
     Journal::new(&app.config.state_dir)
-        .write(&record)
+        .save(&record)
+        .await
         .map_err(|e| e.to_string())
 }
 

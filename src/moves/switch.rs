@@ -11,6 +11,7 @@ use super::mover::{failpoint, Mover};
 use super::schema::{ident, literal};
 use crate::app::App;
 use crate::limits;
+use crate::maps::history::off_runtime;
 use crate::maps::How;
 use crate::router::ShardMap;
 
@@ -53,7 +54,7 @@ impl Mover {
             match switched? {
                 Held::Switched => {
                     self.pause = held.elapsed();
-                    self.record_switch(journal);
+                    self.record_switch(journal).await;
                     metrics::histogram!("pgshard_move_write_pause_seconds")
                         .record(self.pause.as_secs_f64());
                     return Ok(());
@@ -129,7 +130,10 @@ impl Mover {
         let vshard = self.record.vshard;
         // Once the map file has the vshard on the target, the move has happened
         // (recovery reads it off the map the proxy starts with).
-        self.app.persist_map(&new_map).map_err(|e| e.to_string())?;
+        let (app, map) = (self.app.clone(), new_map.clone());
+        off_runtime(move || app.persist_map(&map))
+            .await?
+            .map_err(|e| e.to_string())?;
         self.record.to_version = Some(new_map.version);
         failpoint("decided").await;
         let commit_sql = format!("COMMIT PREPARED {}", literal(&self.names().gid()));
@@ -189,13 +193,15 @@ impl Mover {
 
     /// Once the writes go on: the journal and the map history learn of the switch
     /// (recovery does not need them: the map file decided).
-    fn record_switch(&mut self, journal: &Journal) {
+    async fn record_switch(&mut self, journal: &Journal) {
         self.record.step = Step::Switched;
-        if let Err(e) = journal.write(&self.record) {
+        if let Err(e) = journal.save(&self.record).await {
             tracing::warn!(error = %e, "cannot write the move journal");
         }
         if let Some(map) = self.installed.take() {
-            if let Err(e) = self.app.history.record(&map, How::Move) {
+            let history = self.app.history.clone();
+            let recorded = off_runtime(move || history.record(&map, How::Move)).await;
+            if let Err(e) = recorded.and_then(|r| r.map_err(|e| e.to_string())) {
                 tracing::warn!(error = %e, "cannot record the map in the history");
             }
         }
@@ -266,7 +272,10 @@ impl Mover {
             .await
             .map_err(|e| format!("cleanup: {e}"))?;
         self.record.step = Step::Done;
-        journal.write(&self.record).map_err(|e| e.to_string())?;
+        journal
+            .save(&self.record)
+            .await
+            .map_err(|e| e.to_string())?;
         metrics::counter!("pgshard_move_rows_copied_total").increment(self.rows);
         let report = self.report();
         tracing::info!(
