@@ -145,10 +145,12 @@ port_in_use() {
     fi
 }
 
-# First free TCP port at or after $1 (skipping $2, already handed out).
+# First free TCP port at or after $1, skipping the ports after it (already handed
+# out, perhaps not listened on yet).
 free_port() {
     local port=$1
-    while port_in_use "$port" || [[ $port == "${2:-}" ]]; do
+    shift
+    while port_in_use "$port" || [[ " $* " == *" $port "* ]]; do
         port=$((port + 1))
     done
     echo "$port"
@@ -445,14 +447,8 @@ main() {
     mkdir "$WORK/runs"
     PROXY_PORT=$(free_port "${PROXY_PORT:-6510}")
     BOUNCER_PORT=$(free_port "${BOUNCER_PORT:-6511}" "$PROXY_PORT")
-    OWN_PORT=${OWN_PORT:-6512}
-    while port_in_use "$OWN_PORT" || [[ $OWN_PORT == "$PROXY_PORT" || $OWN_PORT == "$BOUNCER_PORT" ]]; do
-        OWN_PORT=$((OWN_PORT + 1))
-    done
-    SHARD_PORT=${SHARD_PORT:-6513}
-    while port_in_use "$SHARD_PORT" || [[ " $PROXY_PORT $BOUNCER_PORT $OWN_PORT " == *" $SHARD_PORT "* ]]; do
-        SHARD_PORT=$((SHARD_PORT + 1))
-    done
+    OWN_PORT=$(free_port "${OWN_PORT:-6512}" "$PROXY_PORT" "$BOUNCER_PORT")
+    SHARD_PORT=$(free_port "${SHARD_PORT:-6513}" "$PROXY_PORT" "$BOUNCER_PORT" "$OWN_PORT")
     start_demo
     start_own
     start_pgbouncer
@@ -462,10 +458,8 @@ main() {
         (((SHARDS + 4) * POOL_SIZE + 10 <= DEMO_MAX_CONNECTIONS)) ||
             die "SHARDS=$SHARDS with POOL_SIZE=$POOL_SIZE needs more than the demo cluster's $DEMO_MAX_CONNECTIONS connections"
         ONE_PORT=$(free_port "${ONE_PORT:-6514}" "$SHARD_PORT")
-        NC_PORT=${NC_PORT:-6515}
-        while port_in_use "$NC_PORT" || [[ " $PROXY_PORT $BOUNCER_PORT $OWN_PORT $SHARD_PORT $ONE_PORT " == *" $NC_PORT "* ]]; do
-            NC_PORT=$((NC_PORT + 1))
-        done
+        NC_PORT=$(free_port "${NC_PORT:-6515}" "$PROXY_PORT" "$BOUNCER_PORT" "$OWN_PORT" \
+            "$SHARD_PORT" "$ONE_PORT")
         start_nconn
         start_sharded
         start_one_cluster

@@ -114,9 +114,6 @@ pub fn with_version(text: &str, version: u64) -> Result<String, ApplyError> {
     toml::to_string(&doc).map_err(|e| ApplyError::Map(MapError::Toml(e.to_string())))
 }
 
-/// Replaces `path` with `bytes` so that a crash leaves the old file or the new one
-/// (a temporary file beside it, synced, renamed over it, the folder synced). `Ok`
-/// once renamed.
 /// Runs `f` (file writes that wait for the disk's sync) on tokio's blocking threads,
 /// so the runtime's own thread, the only one by default on 2 cores, goes on serving
 /// clients meanwhile. `Err` only if `f` panicked. `f` runs to its end even if the
@@ -131,6 +128,9 @@ pub async fn off_runtime<T: Send + 'static>(
         .map_err(|e| format!("a write to disk failed: {e}"))
 }
 
+/// Replaces `path` with `bytes` so that a crash leaves the old file or the new one
+/// (a temporary file beside it, synced, renamed over it, the folder synced). `Ok`
+/// once renamed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));

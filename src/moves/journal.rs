@@ -39,6 +39,7 @@ pub struct Record {
     pub error: Option<String>,
 }
 
+#[derive(Clone)]
 pub struct Journal {
     dir: PathBuf,
 }
@@ -70,8 +71,7 @@ impl Journal {
 
     /// `write`, off the runtime's thread (see `maps::history::off_runtime`).
     pub async fn save(&self, record: &Record) -> std::io::Result<()> {
-        let journal = Journal::new(&self.dir);
-        let record = record.clone();
+        let (journal, record) = (self.clone(), record.clone());
         crate::maps::history::off_runtime(move || journal.write(&record))
             .await
             .map_err(std::io::Error::other)?
